@@ -1,0 +1,25 @@
+"""The gated-GELU feed-forward of the transformer blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class GEGLUFeedForward(nn.Module):
+    """Linear to 2 x hidden, value * GELU(gate), linear back (Shazeer 2020, "GLU Variants").
+
+    x (..., dim) -> (..., dim_out). hidden = mult * dim. The first half of `proj_in`'s output is the
+    value and the second half the gate, as in both references; GELU is the exact (erf) one.
+    """
+
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4) -> None:
+        super().__init__()
+        hidden = dim * mult
+        self.proj_in = nn.Linear(dim, 2 * hidden)
+        self.proj_out = nn.Linear(hidden, dim if dim_out is None else dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(value * F.gelu(gate))
