@@ -1,11 +1,19 @@
-"""The `svd-core` command line."""
+"""The `svd-core` command line: `generate` (image to video) and `info` (what a checkpoint holds).
+
+Exit codes: 0 success, 2 bad arguments, missing files or bad checkpoints (one line on stderr),
+130 interrupted. Outputs are written atomically, so an interrupted run leaves no broken file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
+from .pipeline import NumericalError
+
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,8 +22,114 @@ def build_parser() -> argparse.ArgumentParser:
         prog="svd-core", description="Stable Video Diffusion, image to video, in plain PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"svd-core {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    generate = commands.add_parser("generate", help="make a video from one image")
+    generate.add_argument("image", help="input image (png, jpg, ...)")
+    generate.add_argument(
+        "-o", "--output", required=True, help="output .mp4, .gif, .webp, or a folder for PNGs"
+    )
+    generate.add_argument(
+        "--model", required=True, help="official .safetensors file, diffusers folder or hub repo id"
+    )
+    generate.add_argument("--variant", default=None, help="diffusers weight variant, e.g. fp16")
+    generate.add_argument(
+        "--frames", type=int, default=None, help="number of frames (default: the model's)"
+    )
+    generate.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default: the model's)"
+    )
+    generate.add_argument(
+        "--fps", type=float, default=None, help="frame rate; conditions on fps_id = fps - 1"
+    )
+    generate.add_argument(
+        "--motion-bucket", type=float, default=None, help="motion_bucket_id (default 127)"
+    )
+    generate.add_argument(
+        "--cond-aug", type=float, default=None, help="noise augmentation (default 0.02)"
+    )
+    generate.add_argument(
+        "--min-guidance", type=float, default=None, help="guidance scale of the first frame"
+    )
+    generate.add_argument(
+        "--max-guidance", type=float, default=None, help="guidance scale of the last frame"
+    )
+    generate.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    generate.add_argument("--decode-chunk", type=int, default=None, help="frames decoded at a time")
+    generate.add_argument("--height", type=int, default=None, help="video height, a multiple of 64")
+    generate.add_argument("--width", type=int, default=None, help="video width, a multiple of 64")
+    generate.add_argument("--resize", choices=("crop", "squash", "none"), default="crop")
+    generate.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="UNet and image encoder dtype"
+    )
+    generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    generate.add_argument("--sampler", choices=("euler", "heun", "dpmpp_2m"), default="euler")
+    generate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    info = commands.add_parser("info", help="describe a checkpoint without loading its weights")
+    info.add_argument(
+        "checkpoint", help="official .safetensors file, diffusers folder or hub repo id"
+    )
+    info.add_argument("--variant", default=None)
     return parser
+
+
+def _fail(message: str) -> int:
+    print(f"svd-core: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .loading import load
+    from .pipeline import SVDPipeline
+
+    if not Path(args.image).is_file():
+        return _fail(f"image file {args.image!r} does not exist")
+    output = Path(args.output)
+    if output.suffix and output.suffix.lower() not in (".mp4", ".gif", ".webp"):
+        return _fail(
+            f"output {args.output!r}: use .mp4, .gif, .webp, or a folder name for PNG frames"
+        )
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        return _fail(f"output folder {str(output.parent)!r} does not exist")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return _fail(f"device {args.device!r} asked for, but no CUDA GPU is available")
+    dtype = getattr(torch, args.dtype)
+    model = load(args.model, dtype=torch.float32, device=args.device, variant=args.variant)
+    pipe = SVDPipeline(model, dtype=dtype)
+    video = pipe(
+        args.image,
+        num_frames=args.frames,
+        num_steps=args.steps,
+        fps=args.fps,
+        motion_bucket_id=args.motion_bucket,
+        cond_aug=args.cond_aug,
+        min_guidance=args.min_guidance,
+        max_guidance=args.max_guidance,
+        seed=args.seed,
+        decode_chunk_size=args.decode_chunk,
+        height=args.height,
+        width=args.width,
+        resize=args.resize,
+        sampler=args.sampler,
+        progress=not args.quiet,
+    )
+    path = video.save(output)
+    print(f"wrote {len(video)} frames at {video.fps:g} fps to {path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .loading import inspect_checkpoint
+
+    model, report = inspect_checkpoint(args.checkpoint, variant=args.variant)
+    print(report.summary())
+    counts = model.parameter_counts()
+    for name, count in counts.items():
+        print(f"params:  {name:<14}{count:>15,}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        return _info(args)
+    except KeyboardInterrupt:
+        print("svd-core: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, NumericalError) as error:  # bad values, checkpoints, files, NaNs
+        return _fail(" ".join(str(error).split()))
 
 
 if __name__ == "__main__":

@@ -29,20 +29,32 @@ class UNetConfig:
 
     in_channels: int = 8  # noisy latent (4) + conditioning image latent (4), concatenated
     out_channels: int = 4
-    model_channels: int = 320  # channels of the first level; level i has model_channels * channel_mult[i]
+    model_channels: int = (
+        320  # channels of the first level; level i has model_channels * channel_mult[i]
+    )
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2  # res blocks per encoder level (the decoder has one more per level)
-    attention_levels: tuple[int, ...] = (0, 1, 2)  # levels with transformers (official attention_resolutions [4,2,1])
+    attention_levels: tuple[int, ...] = (
+        0,
+        1,
+        2,
+    )  # levels with transformers (official attention_resolutions [4,2,1])
     head_channels: int = 64  # channels per attention head (official num_head_channels)
     transformer_depth: int = 1
     context_dim: int = 1024  # width of the image embedding the cross-attention reads
     addition_embed_dim: int = 256  # sinusoidal width of each of fps_id, motion_bucket_id, cond_aug
     num_groups: int = 32  # GroupNorm groups
-    norm_eps: float = 1e-5  # official value in every res block (diffusers uses 1e-6 in some, see DESIGN.md)
-    temporal_kernel_size: int = 3  # frames seen by the temporal convolutions (official video_kernel_size [3,1,1])
+    norm_eps: float = (
+        1e-5  # official value in every res block (diffusers uses 1e-6 in some, see DESIGN.md)
+    )
+    temporal_kernel_size: int = (
+        3  # frames seen by the temporal convolutions (official video_kernel_size [3,1,1])
+    )
     merge_strategy: str = "learned_with_images"  # how spatial and temporal paths are blended
     merge_factor: float = 0.5  # initial blend logit (the blend is sigmoid(mix_factor))
-    max_time_embed_period: int = 10000  # period of the frame-position embedding in temporal transformers
+    max_time_embed_period: int = (
+        10000  # period of the frame-position embedding in temporal transformers
+    )
 
     @property
     def time_embed_dim(self) -> int:
@@ -64,8 +76,13 @@ class UNetConfig:
 
     def validate(self) -> None:
         """Raise ConfigError if the sizes cannot build a UNet."""
-        _require(len(self.channel_mult) > 0, "UNetConfig.channel_mult is empty; give one entry per level")
-        _require(self.num_res_blocks >= 1, f"UNetConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        _require(
+            len(self.channel_mult) > 0, "UNetConfig.channel_mult is empty; give one entry per level"
+        )
+        _require(
+            self.num_res_blocks >= 1,
+            f"UNetConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}",
+        )
         _require(self.transformer_depth >= 1, "UNetConfig.transformer_depth must be >= 1")
         for level in self.attention_levels:
             _require(
@@ -109,7 +126,9 @@ class VAEConfig:
     latent_channels: int = 4  # official z_channels; the encoder emits 2x (mean, logvar)
     num_groups: int = 32
     norm_eps: float = 1e-6
-    temporal_decoder: bool = True  # False: the plain 2D decoder of the `*_image_decoder` checkpoints
+    temporal_decoder: bool = (
+        True  # False: the plain 2D decoder of the `*_image_decoder` checkpoints
+    )
     temporal_kernel_size: int = 3  # official video_kernel_size [3, 1, 1]
     merge_factor: float = 0.0  # initial blend logit of the decoder's temporal res blocks
     scaling_factor: float = 0.18215  # latents are multiplied by this for the diffusion
@@ -124,8 +143,13 @@ class VAEConfig:
 
     def validate(self) -> None:
         """Raise ConfigError if the sizes cannot build a VAE."""
-        _require(len(self.channel_mult) > 0, "VAEConfig.channel_mult is empty; give one entry per level")
-        _require(self.num_res_blocks >= 1, f"VAEConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        _require(
+            len(self.channel_mult) > 0, "VAEConfig.channel_mult is empty; give one entry per level"
+        )
+        _require(
+            self.num_res_blocks >= 1,
+            f"VAEConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}",
+        )
         for mult in self.channel_mult:
             channels = self.base_channels * mult
             _require(
@@ -220,7 +244,10 @@ class SVDConfig:
         )
         _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
         _require(self.num_steps >= 1, f"num_steps must be >= 1, got {self.num_steps}")
-        _require(self.decode_chunk_size >= 1, f"decode_chunk_size must be >= 1, got {self.decode_chunk_size}")
+        _require(
+            self.decode_chunk_size >= 1,
+            f"decode_chunk_size must be >= 1, got {self.decode_chunk_size}",
+        )
         _require(0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max")
 
     # ---- presets -----------------------------------------------------------------------------
@@ -272,7 +299,9 @@ class SVDConfig:
                 context_dim=32,
                 addition_embed_dim=16,
             ),
-            vae=VAEConfig(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1),
+            # 2 res blocks per level: diffusers' temporal decoder builds its mid block with
+            # num_res_blocks res blocks, and only 2 is the official res, attention, res.
+            vae=VAEConfig(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2),
             image_encoder=ImageEncoderConfig(
                 image_size=56, patch_size=14, width=64, layers=2, heads=4, mlp_dim=256, embed_dim=32
             ),

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .files import CheckpointError
 
-class KeyMapError(ValueError):
+
+class KeyMapError(CheckpointError):
     """A checkpoint and a model that do not match through a key map."""
 
 
@@ -202,10 +204,14 @@ class KeyMap:
         problems = []
         unmapped = set(model_shapes) - set(self.entries)
         if unmapped:
-            problems.append(f"model parameters with no checkpoint key in the map ({_listing(unmapped)})")
+            problems.append(
+                f"model parameters with no checkpoint key in the map ({_listing(unmapped)})"
+            )
         stale = set(self.entries) - set(model_shapes)
         if stale:
-            problems.append(f"map entries for parameters the model does not have ({_listing(stale)})")
+            problems.append(
+                f"map entries for parameters the model does not have ({_listing(stale)})"
+            )
         needed = self.checkpoint_keys()
         missing = needed - set(checkpoint_shapes)
         if missing:
@@ -225,7 +231,7 @@ class KeyMap:
             if ours not in model_shapes:
                 continue
             expected = rule.their_shapes(tuple(model_shapes[ours]))
-            for key, shape in zip(rule.keys, expected):
+            for key, shape in zip(rule.keys, expected, strict=True):
                 if key in checkpoint_shapes and tuple(checkpoint_shapes[key]) != tuple(shape):
                     mismatched.append(
                         f"{key}: checkpoint has {list(checkpoint_shapes[key])}, model expects {list(shape)}"
@@ -236,14 +242,18 @@ class KeyMap:
             more = f"; ... and {len(mismatched) - 8} more" if len(mismatched) > 8 else ""
             problems.append(f"shape mismatches ({len(mismatched)}): {shown}{more}")
         if problems:
-            raise KeyMapError(f"{self.layout} checkpoint does not match the model:\n- " + "\n- ".join(problems))
+            raise KeyMapError(
+                f"{self.layout} checkpoint does not match the model:\n- " + "\n- ".join(problems)
+            )
         return ignored
 
     # ---- conversion --------------------------------------------------------------------------
 
     def to_ours(self, get: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
         """Build our state dict, reading checkpoint tensors through `get(key)` (lazily, one at a time)."""
-        return {ours: rule.to_ours([get(k) for k in rule.keys]) for ours, rule in self.entries.items()}
+        return {
+            ours: rule.to_ours([get(k) for k in rule.keys]) for ours, rule in self.entries.items()
+        }
 
     def to_theirs(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Our state dict -> this layout's tensors (contiguous, ready to save)."""
@@ -251,11 +261,13 @@ class KeyMap:
         for ours, rule in self.entries.items():
             if ours not in state:
                 raise KeyMapError(f"state dict lacks {ours!r}, which the {self.layout} map exports")
-            for key, tensor in zip(rule.keys, rule.to_theirs(state[ours])):
+            for key, tensor in zip(rule.keys, rule.to_theirs(state[ours]), strict=True):
                 out[key] = tensor.contiguous()
         return out
 
-    def load_into(self, module: torch.nn.Module, checkpoint: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    def load_into(
+        self, module: torch.nn.Module, checkpoint: Mapping[str, torch.Tensor]
+    ) -> dict[str, str]:
         """Strictly copy an in-memory checkpoint into `module`; return the ignored keys with reasons."""
         model_shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         ignored = self.check({k: tuple(v.shape) for k, v in checkpoint.items()}, model_shapes)

@@ -17,10 +17,14 @@ def timestep_embedding(values: torch.Tensor, dim: int, max_period: float = 10000
     An odd `dim` gets one zero column at the end.
     """
     if values.ndim != 1:
-        raise ValueError(f"timestep_embedding expects a 1-D tensor (N,), got shape {tuple(values.shape)}")
+        raise ValueError(
+            f"timestep_embedding expects a 1-D tensor (N,), got shape {tuple(values.shape)}"
+        )
     half = dim // 2
     steps = torch.arange(half, dtype=torch.float32, device=values.device)
-    freqs = torch.exp(-math.log(max_period) * steps / half)  # this order of operations, as both references
+    freqs = torch.exp(
+        -math.log(max_period) * steps / half
+    )  # this order of operations, as both references
     args = values.float()[:, None] * freqs[None]
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -31,7 +35,9 @@ def timestep_embedding(values: torch.Tensor, dim: int, max_period: float = 10000
 def _as_batch(value: float | torch.Tensor, name: str) -> torch.Tensor:
     tensor = torch.as_tensor(value, dtype=torch.float32)
     if tensor.ndim > 1:
-        raise ValueError(f"{name} must be a number or a 1-D tensor (B,), got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must be a number or a 1-D tensor (B,), got shape {tuple(tensor.shape)}"
+        )
     return tensor.reshape(-1)
 
 
@@ -53,10 +59,12 @@ def embed_added(
         _as_batch(cond_aug, "cond_aug"),
     ]
     batch = max(p.numel() for p in parts)
-    for name, p in zip(("fps_id", "motion_bucket_id", "cond_aug"), parts):
+    for name, p in zip(("fps_id", "motion_bucket_id", "cond_aug"), parts, strict=True):
         if p.numel() not in (1, batch):
             sizes = [q.numel() for q in parts]
-            raise ValueError(f"{name} has {p.numel()} values; batch sizes of the three differ: {sizes}")
+            raise ValueError(
+                f"{name} has {p.numel()} values; batch sizes of the three differ: {sizes}"
+            )
     parts = [p.expand(batch) for p in parts]
     return torch.cat([timestep_embedding(p, dim) for p in parts], dim=-1)
 

@@ -15,6 +15,7 @@ class GroupNorm32(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        compute = torch.promote_types(x.dtype, torch.float32)  # half -> float32; float64 stays
+        weight = None if self.weight is None else self.weight.to(compute)
+        bias = None if self.bias is None else self.bias.to(compute)
+        return F.group_norm(x.to(compute), self.num_groups, weight, bias, self.eps).to(x.dtype)

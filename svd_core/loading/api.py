@@ -1,0 +1,316 @@
+"""`svd_core.load` and `svd_core.save`: every layout, both directions, lazily and strictly.
+
+Loading builds the model with its parameters on the meta device (no memory), checks the whole
+checkpoint against the key map from the file headers alone, then reads one tensor at a time from the
+memory-mapped file, converts its dtype and assigns it: peak memory stays near the size of the
+loaded weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import SVDConfig
+from ..model import SVDModel
+from . import diffusers_layout, official
+from .files import TORCH_DTYPES, CheckpointError, open_tensors, read_header, write_safetensors
+from .keymap import KeyMap
+
+logger = logging.getLogger("svd_core")
+
+LAYOUTS = ("official", "diffusers")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadReport:
+    """What `load` found: the layout, the preset and how it was inferred, and the unused tensors."""
+
+    source: str
+    layout: str
+    config_name: str
+    inferred: str
+    files: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+    checkpoint_dtypes: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few readable lines."""
+        lines = [
+            f"source:  {self.source}",
+            f"layout:  {self.layout}",
+            f"preset:  {self.config_name} ({self.inferred})",
+            f"dtypes:  {', '.join(f'{k} x{v}' for k, v in sorted(self.checkpoint_dtypes.items()))}",
+        ]
+        if self.ignored:
+            groups: dict[str, int] = {}
+            for reason in self.ignored.values():
+                groups[reason] = groups.get(reason, 0) + 1
+            lines.append(f"unused:  {len(self.ignored)} tensors")
+            lines += [f"  - {count} x {reason}" for reason, count in sorted(groups.items())]
+        return "\n".join(lines)
+
+
+def empty_model(config: SVDConfig) -> SVDModel:
+    """An SVDModel whose tensors live on the meta device: shapes only, no memory, no initialisation."""
+    with torch.device("meta"):
+        return SVDModel(config)
+
+
+def _materialize_constants(model: SVDModel) -> None:
+    """Tensors that no checkpoint holds: the CLIP normalization constants come from the config."""
+    encoder, cfg = model.image_encoder, model.config.image_encoder
+    encoder.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    encoder.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+
+
+def _fill(model: nn.Module, key_map: KeyMap, get, dtype: torch.dtype, prefix: str = "") -> None:
+    """Assign every tensor of `key_map` (our names relative to `prefix`) into `model`, one at a time."""
+    for ours, rule in key_map.entries.items():
+        tensor = rule.to_ours([get(k) for k in rule.keys]).to(dtype)
+        module_name, _, attr = (prefix + ours).rpartition(".")
+        module = model.get_submodule(module_name)
+        if attr in module._parameters:
+            old = module._parameters[attr]
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=old.requires_grad)
+        else:
+            module._buffers[attr] = tensor
+
+
+def _check_all_filled(model: SVDModel) -> None:
+    _materialize_constants(model)
+    empty = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise CheckpointError(f"{len(empty)} parameters were not filled: {empty[:5]}")
+
+
+def _dtype_counts(header: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for dtype, _ in header.values():
+        counts[dtype] = counts.get(dtype, 0) + 1
+    return counts
+
+
+def _model_shapes(model: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    return {
+        name[len(prefix) :]: tuple(t.shape)
+        for name, t in model.state_dict().items()
+        if name.startswith(prefix)
+    }
+
+
+def _load_official(
+    path: Path, config: SVDConfig | None, dtype: torch.dtype
+) -> tuple[SVDModel, LoadReport]:
+    header = read_header(path)
+    shapes = {name: shape for name, (_, shape) in header.items()}
+    if not official.looks_official(shapes):
+        raise CheckpointError(
+            f"{str(path)!r} is not an SVD checkpoint: no 'model.diffusion_model.*' tensors "
+            f"(it has {len(shapes)} tensors, e.g. {sorted(shapes)[:3]})"
+        )
+    if config is None:
+        config, inferred = official.infer_official_config(shapes, path.name)
+    else:
+        inferred = "given by the caller"
+    key_map = official.official_map(config)
+    model = empty_model(config)
+    ignored = key_map.check(shapes, _model_shapes(model))
+    with open_tensors(path) as handle:
+        _fill(model, key_map, handle.get_tensor, dtype)
+    _check_all_filled(model)
+    report = LoadReport(
+        str(path), "official", config.name, inferred, [str(path)], ignored, _dtype_counts(header)
+    )
+    return model, report
+
+
+def _load_diffusers(
+    folder: Path, config: SVDConfig | None, dtype: torch.dtype, variant: str | None
+) -> tuple[SVDModel, LoadReport]:
+    if config is None:
+        config, inferred = diffusers_layout.read_config(folder)
+    else:
+        inferred = "given by the caller"
+    model = empty_model(config)
+    report = LoadReport(str(folder), "diffusers", config.name, inferred)
+    for component, key_map in diffusers_layout.diffusers_maps(config).items():
+        path = diffusers_layout.weight_file(folder, component, variant)
+        header = read_header(path)
+        shapes = {name: shape for name, (_, shape) in header.items()}
+        try:
+            ignored = key_map.check(shapes, _model_shapes(model, component + "."))
+        except ValueError as error:
+            raise CheckpointError(f"{component}/{path.name}: {error}") from None
+        with open_tensors(path) as handle:
+            _fill(model, key_map, handle.get_tensor, dtype, prefix=component + ".")
+        report.files.append(str(path))
+        report.ignored.update({f"{component}/{k}": why for k, why in ignored.items()})
+        for name, count in _dtype_counts(header).items():
+            report.checkpoint_dtypes[name] = report.checkpoint_dtypes.get(name, 0) + count
+    _check_all_filled(model)
+    return model, report
+
+
+def resolve_source(
+    source: str | os.PathLike,
+    variant: str | None = None,
+    filename: str | None = None,
+    revision: str | None = None,
+) -> Path:
+    """A local file or folder for `source`: itself if it exists, else a hub repo id through the cache."""
+    path = Path(source)
+    if path.exists():
+        return path
+    text = str(source)
+    if not REPO_ID.match(text) or text.endswith(".safetensors"):
+        raise CheckpointError(
+            f"{text!r} is not an existing file or folder, nor a hub repo id like 'org/name'"
+        )
+    from .hub import download
+
+    return download(text, variant=variant, filename=filename, revision=revision)
+
+
+def inspect_checkpoint(
+    source: str | os.PathLike, config: SVDConfig | None = None, **hub_options
+) -> tuple[SVDModel, LoadReport]:
+    """Load on the meta device (no weights read): the checks and the report of `load`, for `svd-core info`."""
+    hub = {"variant": None, "filename": None, "revision": None, **hub_options}
+    return _load(source, config, torch.float32, hub, read_weights=False)
+
+
+def load(
+    source: str | os.PathLike,
+    config: SVDConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    variant: str | None = None,
+    filename: str | None = None,
+    revision: str | None = None,
+) -> SVDModel:
+    """Load an SVD model from an official single file, a diffusers folder or a hub repo id.
+
+    config: None infers the preset from the checkpoint (shapes, the VAE decoder kind, and the file
+    name where shapes cannot tell svd from svd_xt); give an SVDConfig for other sizes.
+    dtype: the parameters' dtype (converted tensor by tensor while reading). device: where to put them.
+    variant ("fp16"), filename (an official file inside a hub repo) and revision apply to hub ids
+    and diffusers folders. Returns an SVDModel in eval mode; `model.load_report` says what was found.
+    Raises CheckpointError (a ValueError) with the evidence for anything that does not fit.
+    """
+    hub = {"variant": variant, "filename": filename, "revision": revision}
+    model, report = _load(source, config, dtype, hub)
+    logger.info("loaded %s", report.summary())
+    model.to(device)
+    model.eval()
+    model.load_report = report
+    return model
+
+
+def _load(source, config, dtype, hub, read_weights: bool = True) -> tuple[SVDModel, LoadReport]:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    path = resolve_source(source, **hub)
+    if not read_weights:
+        return _inspect(path, config, hub["variant"])
+    if path.is_dir():
+        if not diffusers_layout.is_diffusers_folder(path):
+            raise CheckpointError(
+                f"{str(path)!r} is a folder but not a diffusers SVD folder (no unet/, vae/ or "
+                "image_encoder/ with a config.json); for an official checkpoint give the .safetensors file"
+            )
+        return _load_diffusers(path, config, dtype, hub["variant"])
+    return _load_official(path, config, dtype)
+
+
+def _inspect(
+    path: Path, config: SVDConfig | None, variant: str | None
+) -> tuple[SVDModel, LoadReport]:
+    if path.is_dir():
+        if config is None:
+            config, inferred = diffusers_layout.read_config(path)
+        else:
+            inferred = "given by the caller"
+        model = empty_model(config)
+        report = LoadReport(str(path), "diffusers", config.name, inferred)
+        for component, key_map in diffusers_layout.diffusers_maps(config).items():
+            file = diffusers_layout.weight_file(path, component, variant)
+            header = read_header(file)
+            shapes = {name: shape for name, (_, shape) in header.items()}
+            ignored = key_map.check(shapes, _model_shapes(model, component + "."))
+            report.files.append(str(file))
+            report.ignored.update({f"{component}/{k}": why for k, why in ignored.items()})
+            for name, count in _dtype_counts(header).items():
+                report.checkpoint_dtypes[name] = report.checkpoint_dtypes.get(name, 0) + count
+        return model, report
+    header = read_header(path)
+    shapes = {name: shape for name, (_, shape) in header.items()}
+    if not official.looks_official(shapes):
+        raise CheckpointError(
+            f"{str(path)!r} is not an SVD checkpoint: no 'model.diffusion_model.*' tensors"
+        )
+    if config is None:
+        config, inferred = official.infer_official_config(shapes, path.name)
+    else:
+        inferred = "given by the caller"
+    model = empty_model(config)
+    ignored = official.official_map(config).check(shapes, _model_shapes(model))
+    report = LoadReport(
+        str(path), "official", config.name, inferred, [str(path)], ignored, _dtype_counts(header)
+    )
+    return model, report
+
+
+def save(
+    model: SVDModel,
+    path: str | os.PathLike,
+    layout: str = "official",
+    dtype: torch.dtype | None = None,
+    variant: str | None = None,
+) -> Path:
+    """Write `model` as an official single file (`path` ends in .safetensors) or a diffusers folder.
+
+    The official file also carries the conditioning encoder's copy under first_stage_model.encoder,
+    as the official files do. dtype converts on the way (None keeps the model's); variant names the
+    diffusers weight files (e.g. "fp16" -> diffusion_pytorch_model.fp16.safetensors). Files are
+    written atomically. Returns the path.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if dtype is not None and (
+        not isinstance(dtype, torch.dtype) or dtype not in TORCH_DTYPES.values()
+    ):
+        raise ValueError(f"dtype must be a float torch.dtype, got {dtype!r}")
+    path = Path(path)
+    state = model.state_dict()
+    if dtype is not None:
+        state = {name: tensor.to(dtype) for name, tensor in state.items()}
+    config: SVDConfig = model.config
+    metadata = {"format": "pt", "svd_core_config": config.to_json()}
+    if layout == "official":
+        if path.suffix != ".safetensors":
+            raise ValueError(f"an official checkpoint is one .safetensors file; got {str(path)!r}")
+        tensors = official.official_map(config).to_theirs(state)
+        tensors.update(official.duplicate_encoder_keys(tensors))
+        return write_safetensors(tensors, path, metadata)
+    if path.suffix:
+        raise ValueError(f"a diffusers checkpoint is a folder; got a file name {str(path)!r}")
+    path.mkdir(parents=True, exist_ok=True)
+    diffusers_layout.write_folder_configs(path, config)
+    for component, key_map in diffusers_layout.diffusers_maps(config).items():
+        sub = {
+            name[len(component) + 1 :]: t
+            for name, t in state.items()
+            if name.startswith(component + ".")
+        }
+        stem = diffusers_layout.WEIGHT_STEMS[component]
+        name = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
+        write_safetensors(key_map.to_theirs(sub), path / component / name, {"format": "pt"})
+    return path

@@ -1,0 +1,334 @@
+"""Loading and saving: official single files, diffusers folders, hub ids; strict, lazy, both directions."""
+
+import json
+import os
+import struct
+
+import pytest
+import torch
+
+import svd_core.cli
+from svd_core import SVDConfig
+from svd_core.loading import CheckpointError, inspect_checkpoint, load, save
+from svd_core.loading.api import empty_model
+from svd_core.loading.official import infer_official_config, official_map
+from svd_core.model import SVDModel
+
+OFFICIAL_KEYS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "official_keys.json")
+
+
+def random_model(config: SVDConfig, seed: int = 0) -> SVDModel:
+    """Every parameter random, so a mix-up of any two tensors shows."""
+    torch.manual_seed(seed)
+    model = SVDModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model(SVDConfig.tiny())
+
+
+@pytest.fixture(scope="module")
+def official_file(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("official") / "svd_xt.safetensors"
+    return save(tiny, path, layout="official")
+
+
+@pytest.fixture(scope="module")
+def diffusers_folder(tiny, tmp_path_factory):
+    return save(tiny, tmp_path_factory.mktemp("diffusers") / "svd", layout="diffusers")
+
+
+def test_official_round_trip_is_bit_exact(tiny, official_file):
+    loaded = load(official_file, config=SVDConfig.tiny())
+    assert_same_state(tiny, loaded)
+    # ... and saving the loaded model writes the same tensors again.
+    again = save(loaded, official_file.with_name("again.safetensors"))
+    from safetensors.torch import load_file
+
+    first, second = load_file(official_file), load_file(again)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_official_file_carries_the_duplicate_encoder_and_it_is_ignored_by_name(official_file):
+    loaded = load(official_file, config=SVDConfig.tiny())
+    ignored = loaded.load_report.ignored
+    assert ignored and all(key.startswith("first_stage_model.encoder.") for key in ignored)
+    assert all("conditioner.embedders.3" in why for why in ignored.values())
+
+
+def test_diffusers_round_trip_is_bit_exact_and_config_is_read_from_json(tiny, diffusers_folder):
+    loaded = load(diffusers_folder)
+    assert_same_state(tiny, loaded)
+    assert loaded.config.unet == tiny.config.unet
+    assert loaded.config.vae == tiny.config.vae
+    assert loaded.config.image_encoder == tiny.config.image_encoder
+
+
+def test_official_to_diffusers_to_official(tiny, official_file, tmp_path):
+    from_official = load(official_file, config=SVDConfig.tiny())
+    folder = save(from_official, tmp_path / "d", layout="diffusers")
+    back = save(load(folder), tmp_path / "o.safetensors", layout="official")
+    assert_same_state(tiny, load(back, config=SVDConfig.tiny()))
+
+
+def test_dtype_is_converted_while_loading(official_file):
+    half = load(official_file, config=SVDConfig.tiny(), dtype=torch.float16)
+    assert all(p.dtype == torch.float16 for p in half.parameters())
+    assert half.image_encoder.mean.dtype == torch.float32  # constants, not weights
+
+
+def test_loaded_model_has_no_meta_tensors_and_is_in_eval_mode(official_file):
+    model = load(official_file, config=SVDConfig.tiny())
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert not model.training
+
+
+def test_diffusers_loads_our_folder_and_agrees_with_us(tiny, diffusers_folder):
+    """diffusers' own classes read the folder we wrote; their components give our outputs."""
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionModelWithProjection
+
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(
+        diffusers_folder, subfolder="unet"
+    ).eval()
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(diffusers_folder, subfolder="vae").eval()
+    encoder = CLIPVisionModelWithProjection.from_pretrained(
+        diffusers_folder, subfolder="image_encoder"
+    ).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        pixels = torch.randn(2, 3, 56, 56)
+        ours = tiny.image_encoder.encode_pixels(pixels)
+        assert torch.allclose(encoder(pixel_values=pixels).image_embeds, ours, rtol=1e-5, atol=1e-5)
+        image = torch.rand(2, 3, 64, 64) * 2 - 1
+        assert torch.allclose(
+            vae.encode(image).latent_dist.mode(), tiny.vae.encode(image), atol=1e-4
+        )
+        assert unet.conv_in.weight.shape == tiny.unet.state_dict()[_first_conv_name(tiny)].shape
+
+
+def _first_conv_name(model: SVDModel) -> str:
+    return next(name for name, t in model.unet.state_dict().items() if t.ndim == 4)
+
+
+def test_a_folder_diffusers_saved_loads_with_identical_outputs(tmp_path):
+    """diffusers writes the folder; we read it; the UNet outputs are identical."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from svd_core.loading.unet_maps import diffusers_unet_config
+
+    source = random_model(SVDConfig.tiny(), seed=3)
+    folder = save(source, tmp_path / "ours", layout="diffusers")
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet")
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01)  # diffusers' weights now differ from `source`
+    unet.save_pretrained(folder / "unet")
+    assert diffusers_unet_config(SVDConfig.tiny().unet)  # the config it wrote is ours
+    loaded = load(folder)
+    for ours, theirs in zip(
+        sorted(loaded.unet.state_dict().values(), key=lambda t: (t.shape, t.sum().item())),
+        sorted(unet.state_dict().values(), key=lambda t: (t.shape, t.sum().item())),
+        strict=True,
+    ):
+        assert torch.equal(ours.reshape(theirs.shape), theirs)
+
+
+# ---- presets, inference, full size --------------------------------------------------------------
+
+
+def official_shapes() -> dict[str, tuple[int, ...]]:
+    with open(OFFICIAL_KEYS) as handle:
+        return {k: tuple(v) for k, v in json.load(handle)["tensors"].items()}
+
+
+def test_full_size_official_key_set_matches_every_tensor_of_the_official_file():
+    shapes = official_shapes()
+    config, how = infer_official_config(shapes, "svd_xt.safetensors")
+    assert config.name == "svd_xt" and "file name" in how
+    model = empty_model(config)
+    ignored = official_map(config).check(
+        shapes, {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    )
+    # Used: everything of the UNet, the conditioning encoder + quant_conv, the decoder, the CLIP tower.
+    assert len(shapes) - len(ignored) == len(model.state_dict())
+    reasons = set(ignored.values())
+    assert len(reasons) >= 3  # text-tower leftovers, duplicate encoder, unused conditioning decoder
+    assert (
+        sum(p.numel() for p in model.parameters()) == 1524623082 + 632076800 + 34163664 + 63579183
+    )
+
+
+@pytest.mark.parametrize(
+    "filename,name",
+    [
+        ("svd.safetensors", "svd"),
+        ("svd_xt.safetensors", "svd_xt"),
+        ("svd_xt_1_1.safetensors", "svd_xt_1_1"),
+    ],
+)
+def test_preset_is_inferred_from_the_file_name_where_shapes_cannot_tell(filename, name):
+    config, how = infer_official_config(official_shapes(), filename)
+    assert config.name == name and filename in how
+
+
+def test_image_decoder_variant_is_inferred_from_the_shapes():
+    shapes = {
+        k: v
+        for k, v in official_shapes().items()
+        if ".time_stack." not in k or "diffusion_model" in k
+    }
+    shapes = {
+        k: v
+        for k, v in shapes.items()
+        if not k.startswith("first_stage_model.decoder.") or "mix_factor" not in k
+    }
+    config, how = infer_official_config(shapes, "svd.safetensors")
+    assert not config.vae.temporal_decoder and "image-decoder" in how
+
+
+def test_info_inspects_without_reading_weights(official_file, capsys):
+    model, report = inspect_checkpoint(official_file, config=SVDConfig.tiny())
+    assert next(model.parameters()).is_meta
+    assert report.layout == "official" and "unused" in report.summary()
+    assert (
+        svd_core.cli.main(["info", str(official_file)]) == 2
+    )  # tiny file: no preset matches its widths
+    assert "official presets" in capsys.readouterr().err
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+def test_not_safetensors_truncated_and_corrupted_files(tmp_path, official_file):
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello, I am not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load(text)
+    data = official_file.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load(truncated, config=SVDConfig.tiny())
+    (header_len,) = struct.unpack("<Q", data[:8])
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(data[:8] + b"{" * header_len + data[8 + header_len :])
+    with pytest.raises(CheckpointError, match="header is not JSON"):
+        load(corrupt)
+
+
+def test_a_stable_diffusion_file_is_not_an_svd_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "v1-5-pruned.safetensors"
+    save_file(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+            "model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.zeros(320, 320, 1, 1),
+        },
+        path,
+    )
+    with pytest.raises(
+        CheckpointError, match="not an SVD checkpoint.*no temporal layers.*4 channels"
+    ):
+        load(path)
+    other = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not an SVD checkpoint"):
+        load(other)
+
+
+def test_renamed_and_reshaped_keys_are_named(tmp_path, official_file):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(official_file)
+    victim = sorted(k for k in tensors if k.startswith("model.diffusion_model."))[0]
+    tensors["model.diffusion_model.renamed"] = tensors.pop(victim)
+    path = tmp_path / "renamed.safetensors"
+    save_file(tensors, path)
+    with pytest.raises(CheckpointError) as info:
+        load(path, config=SVDConfig.tiny())
+    assert victim in str(info.value) and "model.diffusion_model.renamed" in str(info.value)
+
+    tensors = load_file(official_file)
+    key = next(k for k in tensors if k.endswith("proj_in.weight"))
+    tensors[key] = torch.zeros(3, 3)
+    save_file(tensors, path)
+    with pytest.raises(CheckpointError, match=f"{key}: checkpoint has \\[3, 3\\], model expects"):
+        load(path, config=SVDConfig.tiny())
+
+
+def test_missing_subfolder_and_missing_paths(tmp_path, diffusers_folder):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(diffusers_folder, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(CheckpointError, match="missing subfolder.*vae"):
+        load(broken)
+    with pytest.raises(CheckpointError, match="not an existing file or folder"):
+        load(tmp_path / "nowhere.safetensors")
+    with pytest.raises(CheckpointError, match="not a diffusers SVD folder"):
+        load(tmp_path)
+
+
+def test_save_rejects_bad_layouts_and_paths(tiny, tmp_path):
+    with pytest.raises(ValueError, match="layout"):
+        save(tiny, tmp_path / "x.safetensors", layout="ckpt")
+    with pytest.raises(ValueError, match="one .safetensors file"):
+        save(tiny, tmp_path / "x.bin")
+    with pytest.raises(ValueError, match="is a folder"):
+        save(tiny, tmp_path / "x.safetensors", layout="diffusers")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save(tiny, tmp_path / "no" / "x.safetensors")
+
+
+# ---- hub ids, through a local cache the test builds ---------------------------------------------
+
+
+def build_hub_cache(cache, repo_id, files: dict) -> None:
+    """Lay out the huggingface_hub cache for one repo: blobs, a snapshot of links, refs/main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for relative, source in files.items():
+        target = repo / "snapshots" / commit / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+
+
+def test_hub_repo_id_loads_offline_from_the_cache(
+    tiny, diffusers_folder, official_file, tmp_path, monkeypatch
+):
+    cache = tmp_path / "hub"
+    files = {
+        str(p.relative_to(diffusers_folder)): p for p in diffusers_folder.rglob("*") if p.is_file()
+    }
+    files["svd_xt.safetensors"] = official_file
+    build_hub_cache(cache, "someone/tiny-svd", files)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert_same_state(tiny, load("someone/tiny-svd"))
+    assert_same_state(
+        tiny, load("someone/tiny-svd", filename="svd_xt.safetensors", config=SVDConfig.tiny())
+    )
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        load("someone/not-cached")
