@@ -11,8 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import open_clip  # noqa: E402
 import pytest
 import torch
+import transformers  # noqa: E402
 from PIL import Image
 
 from svd_core.clip import ImageEncoder, resize_antialiased
@@ -26,10 +28,8 @@ from svd_core.loading.clip_maps import (
     transformers_clip_config,
 )
 
-open_clip = pytest.importorskip("open_clip")
-transformers = pytest.importorskip("transformers")
-
-OFFICIAL_KEYS = Path("/work/shared/official_keys.json")
+# The key list made from the official model definition, in the shared/ folder beside the repository.
+OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "official_keys.json"
 VIT_H_PARAMS = 632_076_800
 
 # Float32 tolerances, relative to the largest magnitude of the reference output.

@@ -14,7 +14,9 @@ from svd_core.loading.api import empty_model
 from svd_core.loading.official import infer_official_config, official_map
 from svd_core.model import SVDModel
 
-OFFICIAL_KEYS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "official_keys.json")
+OFFICIAL_KEYS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "official_keys.json"
+)
 
 
 def random_model(config: SVDConfig, seed: int = 0) -> SVDModel:
