@@ -107,7 +107,7 @@ def _model_shapes(model: nn.Module, prefix: str = "") -> dict[str, tuple[int, ..
 
 
 def _load_official(
-    path: Path, config: SVDConfig | None, dtype: torch.dtype
+    path: Path, config: SVDConfig | None, dtype: torch.dtype, read_weights: bool = True
 ) -> tuple[SVDModel, LoadReport]:
     header = read_header(path)
     shapes = {name: shape for name, (_, shape) in header.items()}
@@ -123,9 +123,10 @@ def _load_official(
     key_map = official.official_map(config)
     model = empty_model(config)
     ignored = key_map.check(shapes, _model_shapes(model))
-    with open_tensors(path) as handle:
-        _fill(model, key_map, handle.get_tensor, dtype)
-    _check_all_filled(model)
+    if read_weights:
+        with open_tensors(path) as handle:
+            _fill(model, key_map, handle.get_tensor, dtype)
+        _check_all_filled(model)
     report = LoadReport(
         str(path), "official", config.name, inferred, [str(path)], ignored, _dtype_counts(header)
     )
@@ -133,7 +134,11 @@ def _load_official(
 
 
 def _load_diffusers(
-    folder: Path, config: SVDConfig | None, dtype: torch.dtype, variant: str | None
+    folder: Path,
+    config: SVDConfig | None,
+    dtype: torch.dtype,
+    variant: str | None,
+    read_weights: bool = True,
 ) -> tuple[SVDModel, LoadReport]:
     if config is None:
         config, inferred = diffusers_layout.read_config(folder)
@@ -149,13 +154,15 @@ def _load_diffusers(
             ignored = key_map.check(shapes, _model_shapes(model, component + "."))
         except ValueError as error:
             raise CheckpointError(f"{component}/{path.name}: {error}") from None
-        with open_tensors(path) as handle:
-            _fill(model, key_map, handle.get_tensor, dtype, prefix=component + ".")
+        if read_weights:
+            with open_tensors(path) as handle:
+                _fill(model, key_map, handle.get_tensor, dtype, prefix=component + ".")
         report.files.append(str(path))
         report.ignored.update({f"{component}/{k}": why for k, why in ignored.items()})
         for name, count in _dtype_counts(header).items():
             report.checkpoint_dtypes[name] = report.checkpoint_dtypes.get(name, 0) + count
-    _check_all_filled(model)
+    if read_weights:
+        _check_all_filled(model)
     return model, report
 
 
@@ -218,54 +225,14 @@ def _load(source, config, dtype, hub, read_weights: bool = True) -> tuple[SVDMod
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     path = resolve_source(source, **hub)
-    if not read_weights:
-        return _inspect(path, config, hub["variant"])
     if path.is_dir():
         if not diffusers_layout.is_diffusers_folder(path):
             raise CheckpointError(
                 f"{str(path)!r} is a folder but not a diffusers SVD folder (no unet/, vae/ or "
                 "image_encoder/ with a config.json); for an official checkpoint give the .safetensors file"
             )
-        return _load_diffusers(path, config, dtype, hub["variant"])
-    return _load_official(path, config, dtype)
-
-
-def _inspect(
-    path: Path, config: SVDConfig | None, variant: str | None
-) -> tuple[SVDModel, LoadReport]:
-    if path.is_dir():
-        if config is None:
-            config, inferred = diffusers_layout.read_config(path)
-        else:
-            inferred = "given by the caller"
-        model = empty_model(config)
-        report = LoadReport(str(path), "diffusers", config.name, inferred)
-        for component, key_map in diffusers_layout.diffusers_maps(config).items():
-            file = diffusers_layout.weight_file(path, component, variant)
-            header = read_header(file)
-            shapes = {name: shape for name, (_, shape) in header.items()}
-            ignored = key_map.check(shapes, _model_shapes(model, component + "."))
-            report.files.append(str(file))
-            report.ignored.update({f"{component}/{k}": why for k, why in ignored.items()})
-            for name, count in _dtype_counts(header).items():
-                report.checkpoint_dtypes[name] = report.checkpoint_dtypes.get(name, 0) + count
-        return model, report
-    header = read_header(path)
-    shapes = {name: shape for name, (_, shape) in header.items()}
-    if not official.looks_official(shapes):
-        raise CheckpointError(
-            f"{str(path)!r} is not an SVD checkpoint: no 'model.diffusion_model.*' tensors"
-        )
-    if config is None:
-        config, inferred = official.infer_official_config(shapes, path.name)
-    else:
-        inferred = "given by the caller"
-    model = empty_model(config)
-    ignored = official.official_map(config).check(shapes, _model_shapes(model))
-    report = LoadReport(
-        str(path), "official", config.name, inferred, [str(path)], ignored, _dtype_counts(header)
-    )
-    return model, report
+        return _load_diffusers(path, config, dtype, hub["variant"], read_weights)
+    return _load_official(path, config, dtype, read_weights)
 
 
 def save(
