@@ -14,6 +14,10 @@ from . import __version__
 from .pipeline import NumericalError
 
 DTYPES = ("float32", "float16", "bfloat16")
+CONFIG_HELP = (
+    "SVDConfig JSON file (SVDConfig.to_json) for a checkpoint of no official preset size "
+    "(default: inferred from the checkpoint)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="official .safetensors file, diffusers folder or hub repo id"
     )
     generate.add_argument("--variant", default=None, help="diffusers weight variant, e.g. fp16")
+    generate.add_argument("--config", default=None, help=CONFIG_HELP)
     generate.add_argument(
         "--frames", type=int, default=None, help="number of frames (default: the model's)"
     )
@@ -71,12 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", help="official .safetensors file, diffusers folder or hub repo id"
     )
     info.add_argument("--variant", default=None)
+    info.add_argument("--config", default=None, help=CONFIG_HELP)
     return parser
 
 
 def _fail(message: str) -> int:
     print(f"svd-core: error: {message}", file=sys.stderr)
     return 2
+
+
+def _config(args: argparse.Namespace):
+    """The SVDConfig named by --config, or None to infer it from the checkpoint."""
+    from .config import SVDConfig
+
+    return None if args.config is None else SVDConfig.from_json(Path(args.config))
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -97,7 +110,13 @@ def _generate(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"device {args.device!r} asked for, but no CUDA GPU is available")
     dtype = getattr(torch, args.dtype)
-    model = load(args.model, dtype=torch.float32, device=args.device, variant=args.variant)
+    model = load(
+        args.model,
+        config=_config(args),
+        dtype=torch.float32,
+        device=args.device,
+        variant=args.variant,
+    )
     pipe = SVDPipeline(model, dtype=dtype)
     video = pipe(
         args.image,
@@ -124,7 +143,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .loading import inspect_checkpoint
 
-    model, report = inspect_checkpoint(args.checkpoint, variant=args.variant)
+    model, report = inspect_checkpoint(args.checkpoint, config=_config(args), variant=args.variant)
     print(report.summary())
     counts = model.parameter_counts()
     for name, count in counts.items():

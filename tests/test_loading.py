@@ -203,12 +203,23 @@ def test_image_decoder_variant_is_inferred_from_the_shapes():
 
 
 def test_info_inspects_without_reading_weights(official_file, capsys):
-    model, report = inspect_checkpoint(official_file, config=SVDConfig.tiny())
+    model, report = inspect_checkpoint(official_file)
     assert next(model.parameters()).is_meta
     assert report.layout == "official" and "unused" in report.summary()
-    assert (
-        svd_core.cli.main(["info", str(official_file)]) == 2
-    )  # tiny file: no preset matches its widths
+    assert svd_core.cli.main(["info", str(official_file)]) == 0
+    out = capsys.readouterr().out
+    assert "layout:  official" in out and "the config svd_core saved in the file" in out
+
+
+def test_files_we_saved_carry_their_config_and_others_are_inferred(official_file, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    assert load(official_file).config == SVDConfig.tiny()
+    bare = tmp_path / "svd.safetensors"
+    save_file(load_file(official_file), bare)  # same tensors, no svd_core metadata
+    with pytest.raises(CheckpointError, match="official presets"):
+        load(bare)  # tiny widths: no official preset fits, and the error says to pass config=
+    assert svd_core.cli.main(["info", str(bare)]) == 2
     assert "official presets" in capsys.readouterr().err
 
 

@@ -20,7 +20,14 @@ from torch import nn
 from ..config import SVDConfig
 from ..model import SVDModel
 from . import diffusers_layout, official
-from .files import TORCH_DTYPES, CheckpointError, open_tensors, read_header, write_safetensors
+from .files import (
+    TORCH_DTYPES,
+    CheckpointError,
+    open_tensors,
+    read_header,
+    read_metadata,
+    write_safetensors,
+)
 from .keymap import KeyMap
 
 logger = logging.getLogger("svd_core")
@@ -116,10 +123,16 @@ def _load_official(
             f"{str(path)!r} is not an SVD checkpoint: no 'model.diffusion_model.*' tensors "
             f"(it has {len(shapes)} tensors, e.g. {sorted(shapes)[:3]})"
         )
-    if config is None:
-        config, inferred = official.infer_official_config(shapes, path.name)
-    else:
+    saved_config = read_metadata(path).get("svd_core_config")
+    if config is not None:
         inferred = "given by the caller"
+    elif saved_config is not None:  # files written by svd_core.save carry their exact config
+        config, inferred = (
+            SVDConfig.from_json(saved_config),
+            "the config svd_core saved in the file",
+        )
+    else:
+        config, inferred = official.infer_official_config(shapes, path.name)
     key_map = official.official_map(config)
     model = empty_model(config)
     ignored = key_map.check(shapes, _model_shapes(model))

@@ -83,6 +83,14 @@ def read_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]
     return tensors
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The free-form string metadata of a safetensors file (after `read_header` validated it)."""
+    with open(path, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        metadata = json.loads(handle.read(header_len)).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     count = 1
     for dim in shape:
