@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .config import UNetConfig
-from .nn import AlphaBlend, EmbeddingMLP, GroupNorm32, ResBlock, timestep_embedding
+from .nn import AlphaBlend, EmbeddingMLP, GroupNorm32, ResBlock, Upsample, timestep_embedding
 from .nn.transformer import SpatialTransformerBlock, TemporalTransformerBlock
 
 # The transformers' input GroupNorm: eps 1e-6 in both references (official `Normalize`, diffusers
@@ -52,33 +52,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 convolution: (N, C, H, W) -> (N, C, 2H, 2W)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-class FrameEmbeddingMLP(nn.Module):
-    """Linear (C -> 4C), SiLU, linear (4C -> C): the frame-position MLP of a temporal transformer.
-
-    (The shared `EmbeddingMLP` keeps the hidden width equal to the output width, which fits the
-    UNet's time MLPs but not this one.)
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.linear_1 = nn.Linear(channels, 4 * channels)
-        self.linear_2 = nn.Linear(4 * channels, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class SpatioTemporalResBlock(nn.Module):
@@ -140,7 +113,7 @@ class SpatioTemporalTransformer(nn.Module):
             TemporalTransformerBlock(channels, heads, head_dim, cfg.context_dim)
             for _ in range(cfg.transformer_depth)
         )
-        self.frame_embed = FrameEmbeddingMLP(channels)
+        self.frame_embed = EmbeddingMLP(channels, channels, hidden_dim=4 * channels)  # C -> 4C -> C
         self.blend = AlphaBlend(cfg.merge_factor, cfg.merge_strategy)
         self.proj_out = nn.Linear(channels, channels)
 

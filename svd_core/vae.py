@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import VAEConfig
-from .nn import AlphaBlend, Attention, GroupNorm32, ResBlock
+from .nn import AlphaBlend, Attention, GroupNorm32, ResBlock, Upsample
 
 # The temporal half of every video res block normalizes with eps 1e-5 (official `time_stack` is the
 # UNet's ResBlock, whose GroupNorm32 keeps torch's default; diffusers passes temporal_eps=1e-5). The
@@ -59,17 +59,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Double the resolution, nearest neighbour then a 3x3 conv: (N, C, H, W) -> (N, C, 2H, 2W)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class AttentionBlock(nn.Module):

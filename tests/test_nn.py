@@ -217,3 +217,26 @@ def test_embedding_mlp_matches_diffusers_timestep_embedding():
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(3, 16)
     assert_close(ours(x), ref(x))
+
+
+def test_embedding_mlp_hidden_width_matches_diffusers_frame_position_mlp():
+    torch.manual_seed(0)
+    ref = TimestepEmbedding(16, 64, out_dim=16)  # diffusers' temporal pos MLP: C -> 4C -> C
+    ours = blocks.EmbeddingMLP(16, 16, hidden_dim=64)
+    randomize(ref)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 16)
+    assert_close(ours(x), ref(x))
+
+
+def test_upsample_matches_diffusers_upsample2d():
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    ref = Upsample2D(32, use_conv=True, out_channels=32)
+    ours = blocks.Upsample(32)
+    randomize(ref)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 32, 5, 7)
+    assert_close(ours(x), ref(x))
+    assert ours(x).shape == (2, 32, 10, 14)

@@ -5,6 +5,7 @@ from .blend import AlphaBlend
 from .embeddings import EmbeddingMLP, embed_added, timestep_embedding
 from .feedforward import GEGLUFeedForward
 from .norm import GroupNorm32
+from .resample import Upsample
 from .resblock import ResBlock
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "GEGLUFeedForward",
     "GroupNorm32",
     "ResBlock",
+    "Upsample",
     "embed_added",
     "timestep_embedding",
 ]

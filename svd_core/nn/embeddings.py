@@ -70,12 +70,17 @@ def embed_added(
 
 
 class EmbeddingMLP(nn.Module):
-    """Linear -> SiLU -> Linear: turns a sinusoidal embedding into the network's time embedding."""
+    """Linear -> SiLU -> Linear: turns a sinusoidal embedding into the network's embedding.
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    The hidden width is out_dim (the UNet's time and vector MLPs) unless `hidden_dim` is given
+    (the temporal transformers' frame-position MLP, C -> 4C -> C).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None) -> None:
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, out_dim)
-        self.linear_2 = nn.Linear(out_dim, out_dim)
+        hidden_dim = out_dim if hidden_dim is None else hidden_dim
+        self.linear_1 = nn.Linear(in_dim, hidden_dim)
+        self.linear_2 = nn.Linear(hidden_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))
