@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .io import output_folder
 from .pipeline import NumericalError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -105,8 +106,8 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(
             f"output {args.output!r}: use .mp4, .gif, .webp, or a folder name for PNG frames"
         )
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        return _fail(f"output folder {str(output.parent)!r} does not exist")
+    output_folder(output)  # fail now, not after sampling
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"device {args.device!r} asked for, but no CUDA GPU is available")
     dtype = getattr(torch, args.dtype)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,37 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return array.astype(np.uint8)
 
 
+def output_folder(path: Path) -> Path:
+    """The folder `path` will be written into, checked to exist and be writable."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output folder {str(parent)!r} is not writable")
+    return parent
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """Yield a temporary file name beside `path`; it replaces `path` if the block succeeds.
+
+    On any error or interrupt the temporary file is removed, so `path` is either the old file or
+    the complete new one, never a partial one. `suffix` lets writers that pick a format from the
+    name (imageio, PIL) see the right extension.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}-", suffix=suffix, dir=output_folder(path)
+    )
+    os.close(handle)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
     """Write uint8 frames (F, H, W, 3) to `path`, atomically; the format follows the suffix.
 
@@ -168,16 +201,9 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
         raise ValueError(
             f"cannot write {path.name!r}: use one of {', '.join(VIDEO_SUFFIXES)}, or a folder name for PNG frames"
         )
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"output folder {str(parent)!r} is not writable")
     if not suffix:
         return _save_png_folder(frames, path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=parent)
-    os.close(handle)
-    try:
+    with atomic_file(path, suffix) as temporary:
         if suffix == ".mp4":
             _write_mp4(frames, temporary, fps)
         else:
@@ -192,10 +218,6 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
             if suffix == ".webp":
                 options["lossless"] = True
             images[0].save(temporary, **options)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -216,9 +238,7 @@ def _write_mp4(frames: np.ndarray, target: str, fps: float) -> None:
 def _save_png_folder(frames: np.ndarray, path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{str(path)!r} exists and is not a folder")
-    temporary = Path(
-        tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent if str(path.parent) else ".")
-    )
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=output_folder(path)))
     try:
         for index, frame in enumerate(frames):
             Image.fromarray(frame).save(temporary / f"{index:04d}.png")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..io import atomic_file
 
 # Safetensors dtype names -> bytes per element.
 _ITEM_SIZES = {
@@ -111,22 +112,10 @@ def write_safetensors(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write tensors to `path` atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"output folder {str(parent)!r} is not writable")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=parent)
-    os.close(handle)
-    try:
-        contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    with atomic_file(path) as temporary:
         save_file(contiguous, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 TORCH_DTYPES = {
