@@ -144,14 +144,14 @@ def fit_image(image: torch.Tensor, height: int, width: int, mode: str = "crop") 
     return resized[:, :, top : top + height, left : left + width].clamp(-1.0, 1.0)
 
 
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
+def to_uint8(frames: torch.Tensor, rounding: bool = False) -> np.ndarray:
     """Frames (F, 3, H, W) in [0, 1] -> uint8 array (F, H, W, 3).
 
-    Scales by 255 and truncates, as the official sampling script does (diffusers rounds instead;
-    the two differ by at most one level).
+    Scales by 255 and truncates, as the official sampling script does; `rounding=True` rounds to
+    the nearest level as diffusers does. The two differ by at most one level.
     """
-    array = (frames.clamp(0, 1) * 255).permute(0, 2, 3, 1).to(torch.float32).cpu().numpy()
-    return array.astype(np.uint8)
+    scaled = (frames.clamp(0, 1) * 255).permute(0, 2, 3, 1).to(torch.float32).cpu()
+    return (scaled.round() if rounding else scaled).numpy().astype(np.uint8)
 
 
 def output_folder(path: Path) -> Path:

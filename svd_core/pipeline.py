@@ -235,12 +235,7 @@ class SVDPipeline:
         float_frames = ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()  # (B, F, 3, H, W)
         videos = []
         for index in range(batch):
-            if numerics == "diffusers":
-                frames = (
-                    (float_frames[index].permute(0, 2, 3, 1) * 255).round().numpy().astype(np.uint8)
-                )
-            else:
-                frames = to_uint8(float_frames[index])
+            frames = to_uint8(float_frames[index], rounding=numerics == "diffusers")
             videos.append(Video(frames, fps, float_frames[index], latents[index].float().cpu()))
         return videos[0] if single else videos
 
