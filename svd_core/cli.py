@@ -159,10 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    handlers = {"generate": _generate, "info": _info}
     try:
-        if args.command == "generate":
-            return _generate(args)
-        return _info(args)
+        return handlers[args.command](args)
     except KeyboardInterrupt:
         print("svd-core: interrupted", file=sys.stderr)
         return 130

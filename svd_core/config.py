@@ -312,6 +312,38 @@ class SVDConfig:
             width=64,
         )
 
+    @classmethod
+    def tiny_demo(cls) -> SVDConfig:
+        """The shipped demo model (weights/): SVD's architecture at 64x64, 8 frames, trained here.
+
+        Small enough to train on 2 CPU cores in under an hour and to sample in seconds; see
+        weights/README.md for its data, training command and evaluation.
+        """
+        return cls(
+            name="tiny_demo",
+            unet=UNetConfig(
+                model_channels=64,
+                channel_mult=(1, 1, 2),
+                num_res_blocks=1,
+                attention_levels=(0, 1),
+                head_channels=32,
+                context_dim=32,
+                addition_embed_dim=16,
+            ),
+            vae=VAEConfig(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2),
+            image_encoder=ImageEncoderConfig(
+                image_size=56, patch_size=14, width=64, layers=2, heads=4, mlp_dim=256, embed_dim=32
+            ),
+            num_frames=8,
+            num_steps=12,
+            min_guidance=1.0,
+            max_guidance=2.0,
+            decode_chunk_size=8,
+            height=64,
+            width=64,
+            sigma_max=80.0,
+        )
+
     # ---- JSON --------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

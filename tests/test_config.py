@@ -7,7 +7,15 @@ import pytest
 
 from svd_core import ConfigError, ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
-PRESETS = ["svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "svd_xt_image_decoder", "tiny"]
+PRESETS = [
+    "svd",
+    "svd_xt",
+    "svd_xt_1_1",
+    "svd_image_decoder",
+    "svd_xt_image_decoder",
+    "tiny",
+    "tiny_demo",
+]
 
 
 @pytest.mark.parametrize("name", PRESETS)
