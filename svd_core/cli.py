@@ -15,6 +15,7 @@ from .io import output_folder
 from .pipeline import NumericalError
 
 DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_MODEL_FILE = "svd_core_tiny_demo.safetensors"
 CONFIG_HELP = (
     "SVDConfig JSON file (SVDConfig.to_json) for a checkpoint of no official preset size "
     "(default: inferred from the checkpoint)"
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, help="output .mp4, .gif, .webp, or a folder for PNGs"
     )
     generate.add_argument(
-        "--model", required=True, help="official .safetensors file, diffusers folder or hub repo id"
+        "--model",
+        default=None,
+        help="official .safetensors file, diffusers folder or hub repo id "
+        "(default: the tiny demo model shipped in weights/)",
     )
     generate.add_argument("--variant", default=None, help="diffusers weight variant, e.g. fp16")
     generate.add_argument("--config", default=None, help=CONFIG_HELP)
@@ -81,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_model_path() -> Path:
+    """The shipped tiny demo model (weights/ of a source checkout), used when --model is not given."""
+    path = Path(__file__).resolve().parents[1] / "weights" / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the shipped demo model {path} is missing (svd_core installed without its weights/ "
+            "folder?); pass --model with a checkpoint, e.g. a downloaded svd_xt.safetensors"
+        )
+    return path
+
+
 def _fail(message: str) -> int:
     print(f"svd-core: error: {message}", file=sys.stderr)
     return 2
@@ -112,7 +127,7 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(f"device {args.device!r} asked for, but no CUDA GPU is available")
     dtype = getattr(torch, args.dtype)
     model = load(
-        args.model,
+        args.model or str(default_model_path()),
         config=_config(args),
         dtype=torch.float32,
         device=args.device,
