@@ -384,6 +384,44 @@ class SVDConfig:
             raise ConfigError(f"config JSON must be an object, got {type(data).__name__}")
         return cls.from_dict(data)
 
+    # ---- official sgm YAML -------------------------------------------------------------------
+
+    @classmethod
+    def from_sgm_yaml(cls, path: str | Path, name: str | None = None) -> SVDConfig:
+        """Read an official sgm inference config (`scripts/sampling/configs/svd*.yaml` in
+        Stability-AI/generative-models) or a variant of it with other sizes.
+
+        sgm describes the model as a tree of `target:` classes and their `params`. This reads the
+        fields that shape what we build: the VideoUNet sizes (attention_resolutions [4, 2, 1] become
+        attention_levels (0, 1, 2)), the autoencoder's ddconfig and its decoder (VideoDecoder: the
+        temporal decoder; AutoencoderKL's plain Decoder: the image decoder), the widths of the
+        conditioning embedders, the model's scale_factor, the EDM sigmas and the guidance scales.
+        A missing field takes the default of sgm's constructor, as sgm itself would.
+
+        Fields that change nothing svd_core builds or samples are accepted; `SGM_NO_EFFECT` lists them
+        with the reason. Any other field, anywhere in the tree, raises ConfigError naming its dotted
+        path, and so does a `target:` we do not read and a value we cannot build (e.g.
+        `use_spatial_context: False`, a `transformer_depth` that varies between attention levels).
+
+        What the yaml does not hold:
+        - frames and steps: the official sampling script picks them by version (svd: 14 frames,
+          25 steps; svd_xt: 25, 30) unless the yaml sets `guider_config.params.num_frames` or
+          `sampler_config.params.num_steps`. We pick them by the file's stem the same way
+          (`SGM_VERSION_DEFAULTS`), and take SVDConfig's defaults for other stems.
+        - the vision tower's sizes: the yaml names an open_clip architecture, and "ViT-H-14"
+          (SVD's) is ImageEncoderConfig's default. For a tower of another name give its sizes in
+          an extra top-level section, which sgm ignores:
+          `svd_core: {image_encoder: {width: 64, layers: 2, ...}}` (ImageEncoderConfig fields).
+        - fps, motion bucket, cond_aug, resolution and decode chunk: SVDConfig's defaults, which are
+          the official script's.
+
+        name: the config's name; default the file's stem (`svd.yaml` -> "svd").
+        The command line reads a .yaml or .yml `--config` with this method.
+        """
+        from .sgm_yaml import read_sgm_yaml  # the tables of sgm classes live in their own module
+
+        return read_sgm_yaml(path, name)
+
 
 def _dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
