@@ -7,7 +7,9 @@ file renamed into place, so an interrupted run never leaves a broken file behind
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,29 +18,48 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
 RESIZE_MODES = ("crop", "squash", "none")
+FRAME_NAME = re.compile(r"\d{4,}\.png")  # the files of a frames folder: 0000.png, 0001.png, ...
+VAE_MULTIPLE = 8  # every SVD-family VAE downsamples 8x: video sides are at least multiples of 8
+MAX_SIDE = 4096  # the largest video height or width (SVD was trained at 576x1024)
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """Any supported image -> float32 tensor (1, 3, H, W) in [-1, 1].
 
-    - path or PIL image: any mode PIL can convert; transparency is composited on white, grey and
-      palette images become RGB.
-    - numpy array: (H, W, 3) or (H, W) uint8 in [0, 255], or float in [0, 1].
+    - path or PIL image: any mode PIL can convert to RGB (grey, bilevel, palette, CMYK, YCbCr, ...).
+      16-bit greyscale (I;16*) maps 0..65535 to [0, 1]; 32-bit integer greyscale (I) is read as
+      8-bit when its values fit in 0..255, as 16-bit otherwise, and must lie in 0..65535; 32-bit
+      float greyscale (F) must lie in [0, 1]. PIL reads 16-bit RGB(A) PNGs as 8-bit.
+    - numpy array: (H, W) or (H, W, 1) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB, (H, W, 4) RGBA;
+      uint8 (0..255), uint16 (0..65535) or float in [0, 1].
     - tensor: (3, H, W) or (1, 3, H, W) float in [-1, 1] (the library's own range), used as is.
+
+    Photos are turned upright by their EXIF orientation tag, as viewers (and diffusers) show them.
+    Transparency (an alpha band, premultiplied or not, or a palette / colour-key `transparency`) is
+    composited on white: out = colour * alpha + (1 - alpha). The official script drops the alpha
+    band instead (`convert("RGB")`), which shows whatever colours the file keeps under transparent
+    pixels (often black, sometimes leftovers of an edit); its SV3D path composites on white, as a
+    page does. For the official behaviour pass `image.convert("RGB")`.
+
+    Images with more pixels than PIL's decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS,
+    about 179 million) are refused before any conversion, as PIL refuses such files. Every refusal
+    is a ValueError that says what was given and what is accepted (TypeError for a wrong type).
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+            what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+            raise FileNotFoundError(f"image file {str(path)!r} {what}")
         try:
             with Image.open(path) as opened:
                 opened.load()
-                image = opened.copy()
-        except (OSError, Image.DecompressionBombError) as error:
+                image = _upright(opened.copy())
+        except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+            # SyntaxError: what PIL raises for some damaged headers and EXIF blocks
             raise ValueError(f"cannot read {str(path)!r} as an image: {error}") from None
     if isinstance(image, Image.Image):
         return _pil_to_tensor(image)
@@ -51,31 +72,81 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tenso
     )
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says (phone photos), as viewers show it.
+
+    diffusers' load_image does the same; the official script does not (a portrait photo taken with
+    a turned phone then comes out sideways).
+    """
+    orientation = image.getexif().get(0x0112, 1)  # 0x0112: the EXIF Orientation tag
+    return ImageOps.exif_transpose(image) if orientation != 1 else image
+
+
+def _check_pixel_count(height: int, width: int) -> None:
+    """Refuse empty images, and images PIL would call decompression bombs, before converting them."""
+    if height == 0 or width == 0:
+        raise ValueError(f"image is empty ({height}x{width} pixels, HxW)")
+    limit = Image.MAX_IMAGE_PIXELS  # read now: users may raise it, as for PIL itself
+    if limit is not None and height * width > 2 * limit:
+        raise ValueError(
+            f"image is {height}x{width} (HxW) = {height * width:,} pixels, more than "
+            f"{2 * limit:,} (PIL's decompression-bomb limit, 2 x PIL.Image.MAX_IMAGE_PIXELS); "
+            "downscale it first"
+        )
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    try:
+        return image.convert(mode)
+    except ValueError as error:
+        raise ValueError(
+            f"cannot convert a mode {image.mode!r} image to {mode}: {error}; convert it yourself"
+        ) from None
+
+
 def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"image is empty ({image.width}x{image.height})")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale the full integer range to 8 bits.
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return _array_to_tensor((array / peak).astype(np.float32))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return _array_to_tensor(np.asarray(image.convert("RGB")))
+    _check_pixel_count(image.height, image.width)
+    image = _upright(image)
+    if image.mode.startswith("I;16"):  # 16-bit greyscale
+        return _array_to_tensor(np.asarray(image).astype(np.uint16))
+    if image.mode == "I":  # 32-bit integers: 8-bit or 16-bit data, anything else is ambiguous
+        array = np.asarray(image)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"mode 'I' (32-bit integer) image has values in [{low}, {high}]; expected 0..255 "
+                "(8-bit) or 0..65535 (16-bit data); rescale it to 8-bit first"
+            )
+        return _array_to_tensor(array.astype(np.uint8 if high <= 255 else np.uint16))
+    if image.mode == "F":  # 32-bit float greyscale: the [0, 1] rule of float arrays
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        if not np.isfinite(array).all() or low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"mode 'F' (32-bit float) image must have finite values in [0, 1], got values in "
+                f"[{low:.3g}, {high:.3g}]{'' if np.isfinite(array).all() else ' and NaN or inf'}"
+            )
+        return _array_to_tensor(array)
+    if image.mode in ("La", "RGBa"):  # premultiplied alpha: undo it first
+        image = _convert(image, image.mode.upper())
+    if "A" in image.getbands() or "transparency" in image.info:
+        return _array_to_tensor(np.asarray(_convert(image, "RGBA")))
+    return _array_to_tensor(np.asarray(_convert(image, "RGB")))
 
 
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
     if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         raise ValueError(
-            f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}"
+            "image array must be (H, W) or (H, W, C) with C = 1 (grey), 2 (grey + alpha), "
+            f"3 (RGB) or 4 (RGBA), got shape {array.shape}"
         )
-    array = array[:, :, :3]
+    _check_pixel_count(array.shape[0], array.shape[1])
     if array.dtype == np.uint8:
         values = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        values = array.astype(np.float32) / 65535.0
     elif np.issubdtype(array.dtype, np.floating):
         values = array.astype(np.float32)
         if not np.isfinite(values).all():
@@ -85,22 +156,32 @@ def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
                 f"float image arrays must be in [0, 1], got values in [{values.min():.3g}, {values.max():.3g}]"
             )
     else:
-        raise TypeError(f"image array must be uint8 or float, got {array.dtype}")
-    tensor = torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1)[None]
-    return tensor * 2.0 - 1.0
+        raise TypeError(f"image array must be uint8, uint16 or float in [0, 1], got {array.dtype}")
+    if values.shape[2] in (2, 4):  # composite on white (see load_image)
+        colour, alpha = values[:, :, :-1], values[:, :, -1:]
+        values = colour * alpha + (1.0 - alpha)
+    if values.shape[2] == 1:
+        values = np.repeat(values, 3, axis=2)
+    # (H, W, 3) -> contiguous (1, 3, H, W): every input kind gives the same memory layout, so
+    # the same convolution kernels and bit-identical videos.
+    tensor = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[None]
+    return (tensor * 2.0 - 1.0).clamp(-1.0, 1.0)
 
 
 def _check_tensor(image: torch.Tensor) -> torch.Tensor:
+    shape = tuple(image.shape)
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(
-            f"image tensor must be (3, H, W) or (B, 3, H, W) in [-1, 1], got shape {tuple(image.shape)}"
+            f"image tensor must be (3, H, W) or (B, 3, H, W) in [-1, 1], got shape {shape}"
         )
     if not image.is_floating_point():
         raise TypeError(f"image tensor must be floating point in [-1, 1], got {image.dtype}")
     if image.shape[0] == 0:
         raise ValueError("image tensor has a batch of 0 images")
+    if image.shape[2] == 0 or image.shape[3] == 0:
+        raise ValueError(f"image tensor is empty: shape {tuple(image.shape)}")
     if not torch.isfinite(image).all():
         raise ValueError("image tensor contains NaN or infinite values")
     low, high = image.min().item(), image.max().item()
@@ -109,21 +190,48 @@ def _check_tensor(image: torch.Tensor) -> torch.Tensor:
             f"image tensors must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]"
             " (for [0, 1] data use image * 2 - 1)"
         )
-    return image.float()
+    return image.float().contiguous()
 
 
-def fit_image(image: torch.Tensor, height: int, width: int, mode: str = "crop") -> torch.Tensor:
-    """Resize (B, 3, H, W) images to (B, 3, height, width).
+def check_video_size(
+    height: int | None, width: int | None, multiple: int = 64, why: str = ""
+) -> None:
+    """Raise ValueError unless height and width are multiples of `multiple` in [multiple, MAX_SIDE].
 
-    mode "crop": scale to cover the target with the aspect ratio kept, then center-crop (default);
-    "squash": scale each axis independently; "none": the image must already have the size.
-    Resizing is antialiased bicubic, clamped back to [-1, 1].
+    `multiple` is what the model needs (its VAE's times its UNet's downsampling; 64 for SVD); `why`
+    is appended to it in the message. MAX_SIDE bounds the work and memory of one run (SVD was
+    trained at 576x1024): a larger side is refused before anything is allocated. None is not
+    checked (the command line checks the sides it is given before it knows the model).
+    """
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not multiple <= value <= MAX_SIDE
+            or value % multiple
+        ):
+            raise ValueError(
+                f"{name} must be a positive multiple of {multiple}{why} and at most {MAX_SIDE}, "
+                f"got {value!r}"
+            )
+
+
+def fit_image(
+    image: torch.Tensor, height: int, width: int, mode: str = "crop", multiple: int = 64
+) -> torch.Tensor:
+    """Resize (B, 3, H, W) images to (B, 3, height, width), multiples of `multiple`.
+
+    mode "crop": cut the largest centered box of the target's aspect ratio, then scale it to the
+    target (default); "squash": scale each axis independently; "none": the image must already have
+    the size. Cropping before scaling keeps the work bounded for any aspect ratio (a 1x100000 image
+    is cut to 1x1, not scaled to 64x6400000 first). Resizing is antialiased bicubic, clamped back
+    to [-1, 1]; a 1x1 image becomes a flat frame of its colour.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
-    for name, value in (("height", height), ("width", width)):
-        if value < 64 or value % 64:
-            raise ValueError(f"{name} must be a positive multiple of 64, got {value}")
+    check_video_size(height, width, multiple)
     _, _, in_h, in_w = image.shape
     if (in_h, in_w) == (height, width):
         return image
@@ -133,15 +241,18 @@ def fit_image(image: torch.Tensor, height: int, width: int, mode: str = "crop") 
             "resize it, or pass resize='crop' or 'squash'"
         )
     if mode == "crop":
-        scale = max(height / in_h, width / in_w)
-        new_h, new_w = max(height, round(in_h * scale)), max(width, round(in_w * scale))
-    else:
-        new_h, new_w = height, width
+        if in_w * height > in_h * width:  # wider than the target: keep the full height
+            crop_h, crop_w = in_h, max(1, min(in_w, round(in_h * width / height)))
+        else:
+            crop_h, crop_w = max(1, min(in_h, round(in_w * height / width))), in_w
+        top, left = (in_h - crop_h) // 2, (in_w - crop_w) // 2
+        image = image[:, :, top : top + crop_h, left : left + crop_w]
+        if (crop_h, crop_w) == (height, width):
+            return image
     resized = torch.nn.functional.interpolate(
-        image, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
+        image, size=(height, width), mode="bicubic", align_corners=False, antialias=True
     )
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return resized[:, :, top : top + height, left : left + width].clamp(-1.0, 1.0)
+    return resized.clamp(-1.0, 1.0)
 
 
 def to_uint8(frames: torch.Tensor, rounding: bool = False) -> np.ndarray:
@@ -164,24 +275,71 @@ def output_folder(path: Path) -> Path:
     return parent
 
 
+def _write_error(error: OSError, path: Path, what: str) -> OSError:
+    """`error` told about `path`: same errno (so the same subclass: PermissionError, ...)."""
+    reason = error.strerror or str(error)
+    message = f"{what} {str(path)!r}: {reason}"
+    return OSError(message) if error.errno is None else OSError(error.errno, message)
+
+
+def _temporary_beside(path: Path, folder: bool = False, suffix: str = "") -> str:
+    """A new temporary file (or folder) in the folder of `path`, with a clear error if it fails.
+
+    mkstemp and mkdtemp make private entries (0600, 0700); they get the mode a plain open() or
+    mkdir() would give (0666 or 0777 less the umask), since they become the user's output.
+    """
+    parent = output_folder(path)
+    try:
+        if folder:
+            temporary, mode = tempfile.mkdtemp(prefix=f".{path.name}-", dir=parent), 0o777
+        else:
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=suffix, dir=parent)
+            os.close(handle)
+            mode = 0o666
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, mode & ~umask)
+    except OSError as error:
+        raise _write_error(error, parent, "cannot write into the output folder") from None
+    return temporary
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     """Yield a temporary file name beside `path`; it replaces `path` if the block succeeds.
 
     On any error or interrupt the temporary file is removed, so `path` is either the old file or
     the complete new one, never a partial one. `suffix` lets writers that pick a format from the
-    name (imageio, PIL) see the right extension.
+    name (imageio, PIL) see the right extension. An OSError (a read-only folder, a full disk) is
+    raised again with its errno and a message that names `path`.
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}-", suffix=suffix, dir=output_folder(path)
-    )
-    os.close(handle)
+    temporary = _temporary_beside(path, suffix=suffix)
     try:
         yield temporary
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_error(error, path, "could not write (nothing was left behind)") from None
+        raise
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`, renamed to `path` (which must not exist yet) if
+    the block succeeds, and removed with everything in it on any error or interrupt."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{str(path)!r} already exists")
+    temporary = Path(_temporary_beside(path, folder=True))
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _write_error(error, path, "could not write (nothing was left behind)") from None
         raise
 
 
@@ -194,8 +352,8 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
     path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be positive and finite, got {fps}")
     suffix = path.suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise ValueError(
@@ -236,16 +394,36 @@ def _write_mp4(frames: np.ndarray, target: str, fps: float) -> None:
 
 
 def _save_png_folder(frames: np.ndarray, path: Path) -> Path:
+    """Write the frames into a new folder, then put it in place of `path`.
+
+    An existing `path` is replaced only if it holds nothing but frames (NNNN.png): a folder with
+    other files is somebody's folder, not an earlier output, and is never deleted.
+    """
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{str(path)!r} exists and is not a folder")
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=output_folder(path)))
+    if path.is_dir():
+        others = sorted(
+            p.name for p in path.iterdir() if p.name != ".old" and not FRAME_NAME.fullmatch(p.name)
+        )
+        if others:
+            raise FileExistsError(
+                f"{str(path)!r} is a folder with other files than frames (e.g. {others[:3]}); "
+                "give a new folder name, or a file name ending in .mp4, .gif or .webp"
+            )
+    temporary = Path(_temporary_beside(path, folder=True))
+    old_frames = temporary / ".old"  # the frames being replaced wait here until the swap is done
     try:
         for index, frame in enumerate(frames):
             Image.fromarray(frame).save(temporary / f"{index:04d}.png")
         if path.exists():
-            shutil.rmtree(path)
+            os.replace(path, old_frames)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
+        if old_frames.exists() and not path.exists():
+            os.replace(old_frames, path)
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _write_error(error, path, "could not write (nothing was left behind)") from None
         raise
+    shutil.rmtree(path / ".old", ignore_errors=True)
     return path

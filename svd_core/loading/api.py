@@ -2,7 +2,8 @@
 
 Loading builds the model with its parameters on the meta device (no memory), checks the whole
 checkpoint against the key map from the file headers alone, then reads one tensor at a time from the
-memory-mapped file, converts its dtype and assigns it: peak memory stays near the size of the
+memory-mapped file (no copy where the dtype matches; converted or concatenated tensors are read into
+memory of their own, see files.TensorReader) and assigns it: peak memory stays near the size of the
 loaded weights.
 """
 
@@ -18,17 +19,19 @@ import torch
 from torch import nn
 
 from ..config import SVDConfig
+from ..io import atomic_folder
 from ..model import SVDModel
 from . import diffusers_layout, official
 from .files import (
     TORCH_DTYPES,
     CheckpointError,
+    TensorReader,
     open_tensors,
     read_header,
     read_metadata,
     write_safetensors,
 )
-from .keymap import KeyMap
+from .keymap import KeyMap, KeyMapError
 
 logger = logging.getLogger("svd_core")
 
@@ -78,14 +81,29 @@ def _materialize_constants(model: SVDModel) -> None:
     encoder.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
 
 
-def _fill(model: nn.Module, key_map: KeyMap, get, dtype: torch.dtype, prefix: str = "") -> None:
-    """Assign every tensor of `key_map` (our names relative to `prefix`) into `model`, one at a time."""
+def _fill(
+    model: nn.Module, key_map: KeyMap, handle: TensorReader, dtype: torch.dtype, prefix: str = ""
+) -> None:
+    """Assign every tensor of `key_map` (our names relative to `prefix`) into `model`, one at a time.
+
+    A tensor stored whole in `dtype` becomes a view of the memory-mapped file (no copy). Any other
+    (another dtype, or a fused projection stored split) gets memory of its own, and each stored
+    tensor is read into its place there: `rule.to_theirs` of the new tensor gives those places
+    as views (the parts of a Cat, the transpose of a Transpose). No temporary copies, and no page
+    of the file counted in resident memory beside its copy (see TensorReader).
+    """
     for ours, rule in key_map.entries.items():
-        tensor = rule.to_ours([get(k) for k in rule.keys]).to(dtype)
         module_name, _, attr = (prefix + ours).rpartition(".")
         module = model.get_submodule(module_name)
-        if attr in module._parameters:
-            old = module._parameters[attr]
+        old = module._parameters.get(attr)
+        if len(rule.keys) == 1 and handle.dtype(rule.keys[0]) == dtype:
+            tensor = rule.to_ours([handle.get_tensor(rule.keys[0])])
+        else:
+            shape = (old if old is not None else module._buffers[attr]).shape
+            tensor = torch.empty(shape, dtype=dtype)
+            for key, place in zip(rule.keys, rule.to_theirs(tensor), strict=True):
+                handle.read_into(key, place)
+        if old is not None:
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=old.requires_grad)
         else:
             module._buffers[attr] = tensor
@@ -103,6 +121,24 @@ def _dtype_counts(header: dict) -> dict[str, int]:
     for dtype, _ in header.values():
         counts[dtype] = counts.get(dtype, 0) + 1
     return counts
+
+
+# Weights may be stored in any float format (converted on reading); integer or boolean tensors
+# where weights belong mean a quantized or damaged file, which a plain cast would turn into garbage.
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+
+def _check_float_dtypes(header: dict, ignored: dict, where: str) -> None:
+    """Raise CheckpointError if a tensor the model uses is not stored as floats."""
+    wrong = {
+        name: d for name, (d, _) in header.items() if name not in ignored and d not in FLOAT_DTYPES
+    }
+    if wrong:
+        shown = ", ".join(f"{name} ({d})" for name, d in sorted(wrong.items())[:5])
+        raise CheckpointError(
+            f"{where}: {len(wrong)} weight tensors are not floating point, e.g. {shown}; expected "
+            f"one of {', '.join(FLOAT_DTYPES)} (a quantized or damaged checkpoint?)"
+        )
 
 
 def _model_shapes(model: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
@@ -127,18 +163,29 @@ def _load_official(
     if config is not None:
         inferred = "given by the caller"
     elif saved_config is not None:  # files written by svd_core.save carry their exact config
-        config, inferred = (
-            SVDConfig.from_json(saved_config),
-            "the config svd_core saved in the file",
-        )
+        try:
+            config = SVDConfig.from_json(saved_config)
+        except ValueError as error:
+            raise CheckpointError(
+                f"{str(path)!r}: the svd_core config saved in the file is damaged ({error}); "
+                "pass config= (svd-core --config) to load it anyway"
+            ) from None
+        inferred = "the config svd_core saved in the file"
     else:
-        config, inferred = official.infer_official_config(shapes, path.name)
+        try:
+            config, inferred = official.infer_official_config(shapes, path.name)
+        except CheckpointError as error:
+            raise CheckpointError(f"{str(path)!r}: {error}") from None
     key_map = official.official_map(config)
     model = empty_model(config)
-    ignored = key_map.check(shapes, _model_shapes(model))
+    try:
+        ignored = key_map.check(shapes, _model_shapes(model))
+    except KeyMapError as error:
+        raise KeyMapError(f"{str(path)!r}: {error}") from None
+    _check_float_dtypes(header, ignored, repr(str(path)))
     if read_weights:
         with open_tensors(path) as handle:
-            _fill(model, key_map, handle.get_tensor, dtype)
+            _fill(model, key_map, handle, dtype)
         _check_all_filled(model)
     report = LoadReport(
         str(path), "official", config.name, inferred, [str(path)], ignored, _dtype_counts(header)
@@ -167,9 +214,10 @@ def _load_diffusers(
             ignored = key_map.check(shapes, _model_shapes(model, component + "."))
         except ValueError as error:
             raise CheckpointError(f"{component}/{path.name}: {error}") from None
+        _check_float_dtypes(header, ignored, repr(str(path)))
         if read_weights:
             with open_tensors(path) as handle:
-                _fill(model, key_map, handle.get_tensor, dtype, prefix=component + ".")
+                _fill(model, key_map, handle, dtype, prefix=component + ".")
         report.files.append(str(path))
         report.ignored.update({f"{component}/{k}": why for k, why in ignored.items()})
         for name, count in _dtype_counts(header).items():
@@ -282,8 +330,24 @@ def save(
         return write_safetensors(tensors, path, metadata)
     if path.suffix:
         raise ValueError(f"a diffusers checkpoint is a folder; got a file name {str(path)!r}")
-    path.mkdir(parents=True, exist_ok=True)
-    diffusers_layout.write_folder_configs(path, config)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{str(path)!r} exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():  # an existing folder: each file is replaced atomically, one after the other
+        _write_diffusers_folder(path, config, state, variant)
+        return path
+    # A new folder is built under a temporary name and renamed into place: a failure or an
+    # interrupt leaves no half-written folder behind.
+    with atomic_folder(path) as temporary:
+        _write_diffusers_folder(temporary, config, state, variant)
+    return path
+
+
+def _write_diffusers_folder(
+    folder: Path, config: SVDConfig, state: dict, variant: str | None
+) -> None:
+    """The configs and the three weight files of a diffusers folder, each written atomically."""
+    diffusers_layout.write_folder_configs(folder, config)
     for component, key_map in diffusers_layout.diffusers_maps(config).items():
         sub = {
             name[len(component) + 1 :]: t
@@ -292,5 +356,4 @@ def save(
         }
         stem = diffusers_layout.WEIGHT_STEMS[component]
         name = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
-        write_safetensors(key_map.to_theirs(sub), path / component / name, {"format": "pt"})
-    return path
+        write_safetensors(key_map.to_theirs(sub), folder / component / name, {"format": "pt"})

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from ..config import CLIP_MEAN, CLIP_STD, SVDConfig
+from ..io import atomic_file
 from .clip_maps import clip_config_from_transformers, diffusers_clip_map, transformers_clip_config
 from .files import CheckpointError
 from .keymap import KeyMap
@@ -101,9 +101,32 @@ def read_config(folder: Path) -> tuple[SVDConfig, str]:
     unet_json = _read_json(folder / "unet" / "config.json")
     vae_json = _read_json(folder / "vae" / "config.json")
     encoder_json = _read_json(folder / "image_encoder" / "config.json")
-    unet = unet_config_from_diffusers(unet_json)
-    vae = vae_config_from_diffusers(vae_json)
-    encoder = clip_config_from_transformers(encoder_json)
+    for name, data in (("unet", unet_json), ("vae", vae_json), ("image_encoder", encoder_json)):
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{str(folder / name / 'config.json')!r} is not a JSON object")
+    # A folder of another model (Stable Diffusion, ...) says so in its class names.
+    for name, data, key, expected in (
+        ("unet", unet_json, "_class_name", ("UNetSpatioTemporalConditionModel",)),
+        ("vae", vae_json, "_class_name", ("AutoencoderKLTemporalDecoder", "AutoencoderKL")),
+    ):
+        if data.get(key, expected[0]) not in expected:
+            raise CheckpointError(
+                f"{str(folder / name / 'config.json')!r} describes a {data[key]}, not SVD's "
+                f"{' or '.join(expected)}: this is a folder of another model"
+            )
+    parts = []
+    for name, read, data in (
+        ("unet", unet_config_from_diffusers, unet_json),
+        ("vae", vae_config_from_diffusers, vae_json),
+        ("image_encoder", clip_config_from_transformers, encoder_json),
+    ):
+        try:
+            parts.append(read(data))
+        except (ValueError, TypeError, KeyError) as error:  # TypeError, KeyError: mistyped values
+            raise CheckpointError(
+                f"{str(folder / name / 'config.json')!r}: {type(error).__name__}: {error}"
+            ) from None
+    unet, vae, encoder = parts
     frames = unet_json.get("num_frames", 14)
     preset = SVDConfig.svd_xt() if frames >= 25 else SVDConfig.svd()
     name = preset.name if vae.temporal_decoder else preset.name + "_image_decoder"
@@ -172,6 +195,5 @@ def write_folder_configs(folder: Path, config: SVDConfig) -> None:
     for relative, data in files.items():
         target = folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(temporary, target)
+        with atomic_file(target) as temporary:
+            Path(temporary).write_text(json.dumps(data, indent=2) + "\n")
