@@ -1,0 +1,405 @@
+"""Training (svd_core.train): the losses fall on a fixed batch, the UNet step uses the sampler's
+preconditioning and the sampler's unconditional branch, resuming repeats an uninterrupted run bit for
+bit, checkpoints are never half-written, export loads back strictly, and the CLI runs end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import svd_core
+import svd_core.cli
+import svd_core.train as train
+from svd_core import SVDConfig
+from svd_core.data import MovingShapes
+from svd_core.model import SVDModel
+from svd_core.sampling import v_prediction_scalings
+from svd_core.vae import VAE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny networks run much faster on one thread on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_config() -> SVDConfig:
+    """SVDConfig.tiny() at 32x32 and 4 frames: every block kind, latents 4x4."""
+    return dataclasses.replace(
+        SVDConfig.tiny(), num_frames=4, decode_chunk_size=4, height=32, width=32
+    )
+
+
+# Few steps, no warm-up (so every step moves), checkpoints every step.
+VAE_TC = train.VAETrainConfig(steps=4, batch_size=2, warmup_steps=0, crop_size=16, scale_frames=16)
+UNET_TC = train.UNetTrainConfig(steps=4, batch_size=2, warmup_steps=0, pool_size=6)
+
+
+def clip_frames(count: int, cfg: SVDConfig) -> torch.Tensor:
+    """(count, F, 3, H, W) real MovingShapes frames."""
+    dataset = MovingShapes("train", num_frames=cfg.num_frames, size=cfg.height, seed=0)
+    return MovingShapes.collate([dataset[i] for i in range(count)])["frames"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder with a 4-step VAE stage and a 4-step UNet stage of the small config."""
+    path = tmp_path_factory.mktemp("run")
+    train.train_vae(path, small_config(), VAE_TC, progress=False)
+    train.train_unet(path, UNET_TC, progress=False)
+    return path
+
+
+class Recorder(nn.Module):
+    """Wraps the UNet and keeps the inputs of every call; run=False skips the UNet (returns zeros)."""
+
+    def __init__(self, unet: nn.Module, run: bool = True) -> None:
+        super().__init__()
+        self.unet, self.run, self.calls = unet, run, []
+
+    def forward(self, x, c_noise, context, vector):
+        if self.run:
+            out = self.unet(x, c_noise, context, vector)
+        else:
+            out = torch.zeros_like(x[:, :, : self.unet.cfg.out_channels])
+        self.calls.append({"x": x, "c_noise": c_noise, "context": context, "out": out})
+        return out
+
+
+def pool_batch(model: SVDModel, count: int) -> dict[str, torch.Tensor]:
+    """`count` real clips encoded as the UNet stage's pool encodes them."""
+    cfg = model.config
+    dataset = MovingShapes("train", num_frames=cfg.num_frames, size=cfg.height, seed=0)
+    return train.encode_pool(model.vae, dataset, count, cfg.vae.scaling_factor, progress=False)
+
+
+# ---- the losses fall ------------------------------------------------------------------------------
+
+
+def test_vae_loss_decreases_on_a_fixed_batch():
+    cfg = small_config()
+    torch.manual_seed(0)
+    trained = nn.ModuleDict({"vae": VAE(cfg.vae)})
+    tc = train.VAETrainConfig(steps=30, lr=3e-3, warmup_steps=0, ema_decay=0)
+    optimizer, ema = train.make_optimizer(trained, tc), train.EMA(trained, tc.ema_decay)
+    frames = clip_frames(2, cfg)
+    losses = []
+    for step in range(tc.steps):
+        generator = train.step_generator(0, 0)  # the same draws every step: a fixed objective
+
+        def loss(generator=generator):
+            return train.vae_loss(trained["vae"], frames, tc, generator)[0]
+
+        losses.append(train.train_step(trained, optimizer, ema, loss, tc, step))
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, (first, last)  # measured about 0.6 * first
+
+
+def test_unet_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = SVDModel(small_config())
+    batch = pool_batch(model, 2)
+    trained = nn.ModuleDict({"unet": model.unet, "image_encoder": model.image_encoder})
+    tc = train.UNetTrainConfig(steps=30, lr=1e-3, warmup_steps=0, ema_decay=0, cond_dropout=0)
+    optimizer, ema = train.make_optimizer(trained, tc), train.EMA(trained, tc.ema_decay)
+    losses = []
+    for step in range(tc.steps):
+        generator = train.step_generator(0, 0)  # fixed sigmas, noise and cond_aug: overfit them
+
+        def loss(generator=generator):
+            return train.unet_loss(model, batch, tc, generator)[0]
+
+        losses.append(train.train_step(trained, optimizer, ema, loss, tc, step))
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+
+
+# ---- the UNet step is the sampler's denoiser --------------------------------------------------------
+
+
+def test_training_preconditioning_matches_v_prediction_scalings():
+    torch.manual_seed(0)
+    model = SVDModel(small_config())
+    batch = pool_batch(model, 3)
+    model.unet = Recorder(model.unet)
+    tc = train.UNetTrainConfig(cond_dropout=0)
+    loss, draws = train.unet_loss(model, batch, tc, train.step_generator(0, 5))
+    (call,) = model.unet.calls
+    sigma, x0 = draws["sigma"], batch["latents"]
+    column = (-1, 1, 1, 1, 1)
+    c_skip, c_out, c_in, c_noise = (c.reshape(column) for c in v_prediction_scalings(sigma))
+    noisy = x0 + sigma.reshape(column) * draws["noise"]
+    latent_channels = x0.shape[2]
+
+    torch.testing.assert_close(call["c_noise"], 0.25 * sigma.log(), rtol=0, atol=0)
+    torch.testing.assert_close(call["x"][:, :, :latent_channels], c_in * noisy)
+    # The image latent: the frozen VAE's mode of the noise-augmented first frame, unscaled, the same
+    # for every frame.
+    noisy_image = (
+        batch["first_frame"] + draws["cond_aug"].reshape(-1, 1, 1, 1) * draws["cond_noise"]
+    )
+    image_latent = model.vae.encode(noisy_image)
+    for frame in range(x0.shape[1]):
+        torch.testing.assert_close(call["x"][:, frame, latent_channels:], image_latent)
+    denoised = c_skip * noisy + c_out * call["out"]
+    weight = (sigma**2 + 1) / sigma**2
+    expected = (weight * (denoised - x0).square().mean(dim=(1, 2, 3, 4))).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_noise_levels_are_log_normal_one_per_clip():
+    tc = train.UNetTrainConfig(p_mean=0.3, p_std=1.2, cond_aug_mean=-3.0, cond_aug_std=0.5)
+    model = SVDModel(small_config())
+    model.unet = Recorder(model.unet, run=False)
+    batch = {k: v.expand(400, *v.shape[1:]) for k, v in pool_batch(model, 1).items()}
+    with torch.no_grad():
+        _, draws = train.unet_loss(model, batch, tc, train.step_generator(0, 0))
+    log_sigma, log_aug = draws["sigma"].log(), draws["cond_aug"].log()
+    assert draws["sigma"].shape == (400,)
+    # 400 draws: the sample mean is within 4 standard errors, the std within 15%.
+    assert abs(log_sigma.mean() - 0.3) < 4 * 1.2 / 20 and abs(log_sigma.std() / 1.2 - 1) < 0.15
+    assert abs(log_aug.mean() + 3.0) < 4 * 0.5 / 20 and abs(log_aug.std() / 0.5 - 1) < 0.15
+
+
+def test_conditioning_dropout_zeroes_exactly_embedding_and_latent_at_the_rate():
+    torch.manual_seed(0)
+    model = SVDModel(small_config())
+    model.unet = Recorder(model.unet, run=False)
+    clips = 200
+    batch = {
+        k: v.repeat(clips // 4, *([1] * (v.ndim - 1))) for k, v in pool_batch(model, 4).items()
+    }
+    latent_channels = batch["latents"].shape[2]
+    inputs = {}
+    for p in (0.0, 0.3):
+        with torch.no_grad():
+            _, draws = train.unet_loss(
+                model, batch, train.UNetTrainConfig(cond_dropout=p), train.step_generator(3, 7)
+            )
+        call = model.unet.calls[-1]
+        inputs[p] = (call["context"], call["x"][:, :, latent_channels:], draws["keep"])
+    full_context, full_latent, kept_all = inputs[0.0]
+    context, latent, keep = inputs[0.3]
+    assert kept_all.all()
+    # Binomial(200, 0.7): 4 standard deviations is 0.13.
+    assert abs(keep.float().mean().item() - 0.7) < 0.13
+    assert (~keep).any() and keep.any()
+    # Dropped clips: exactly the sampler's unconditional branch (zeros); kept ones: untouched.
+    assert (context[~keep] == 0).all() and (latent[~keep] == 0).all()
+    torch.testing.assert_close(context[keep], full_context[keep], rtol=0, atol=0)
+    torch.testing.assert_close(latent[keep], full_latent[keep], rtol=0, atol=0)
+    assert (full_context != 0).any(dim=-1).all()
+    # Seeded: the same (seed, step) gives the same clips dropped; another step others.
+    draws_again = train.unet_loss(
+        model, batch, train.UNetTrainConfig(cond_dropout=0.3), train.step_generator(3, 7)
+    )[1]
+    draws_other = train.unet_loss(
+        model, batch, train.UNetTrainConfig(cond_dropout=0.3), train.step_generator(3, 8)
+    )[1]
+    assert torch.equal(draws_again["keep"], keep) and not torch.equal(draws_other["keep"], keep)
+
+
+def test_drop_conditioning_keeps_the_vector():
+    cond = svd_core.conditioning.Conditioning(
+        torch.ones(3, 1, 8), torch.ones(3, 4, 2, 2), torch.full((3, 6), 2.0)
+    )
+    dropped = train.drop_conditioning(cond, torch.tensor([True, False, True]))
+    assert dropped.context[:, 0, 0].tolist() == [1.0, 0.0, 1.0]
+    assert dropped.image_latent[:, 0, 0, 0].tolist() == [1.0, 0.0, 1.0]
+    assert torch.equal(dropped.vector, cond.vector)
+
+
+# ---- checkpoints and resume -------------------------------------------------------------------------
+
+
+class Interrupt(KeyboardInterrupt):
+    """The Ctrl-C the tests send."""
+
+
+def interrupt_after(monkeypatch, name: str, calls: int) -> None:
+    """Make svd_core.train.<name> raise a KeyboardInterrupt on its (calls + 1)-th call."""
+    original, count = getattr(train, name), [0]
+
+    def wrapper(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, name, wrapper)
+
+
+def assert_same_state(a, b) -> None:
+    """Nested dicts / lists of tensors and numbers, equal bit for bit."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_state(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_state(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet"])
+def test_resume_after_an_interrupt_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch, run_dir, stage
+):
+    # Bit-exact: step s draws from a generator seeded by (seed, s), reads the samples of the global
+    # counter s * batch_size..., and the model, EMA and AdamW states are saved exactly; the CPU
+    # kernels are deterministic for the same shapes and thread count.
+    cfg = small_config()
+    tc = dataclasses.replace(VAE_TC if stage == "vae" else UNET_TC, checkpoint_every=2)
+
+    def run(folder, resume=False):
+        if stage == "vae":
+            return train.train_vae(folder, cfg, tc, resume=resume, progress=False)
+        (folder / "vae").mkdir(parents=True, exist_ok=True)
+        final = run_dir / "vae" / train.VAE_FINAL_NAME
+        (folder / "vae" / train.VAE_FINAL_NAME).write_bytes(final.read_bytes())
+        return train.train_unet(folder, tc, resume=resume, progress=False)
+
+    straight = tmp_path / "straight"
+    run(straight)
+    resumed = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, "vae_loss" if stage == "vae" else "unet_loss", 3)
+        with pytest.raises(Interrupt):
+            run(resumed)
+    saved = train.load_checkpoint(resumed / stage / train.CHECKPOINT_NAME)
+    assert saved["step"] == 2 and saved["samples_seen"] == 2 * tc.batch_size
+    with pytest.raises(train.TrainingError, match="--resume"):
+        run(resumed)
+    result = run(resumed, resume=True)
+    assert len(result["losses"]) == 2
+    a = train.load_checkpoint(straight / stage / train.CHECKPOINT_NAME)
+    b = train.load_checkpoint(resumed / stage / train.CHECKPOINT_NAME)
+    assert a["step"] == b["step"] == 4
+    assert_same_state(a, b)
+    if stage == "vae":
+        assert_same_state(
+            train.load_checkpoint(straight / "vae" / train.VAE_FINAL_NAME),
+            train.load_checkpoint(resumed / "vae" / train.VAE_FINAL_NAME),
+        )
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    cfg = small_config()
+    tc = dataclasses.replace(VAE_TC, steps=1)
+    train.train_vae(tmp_path, cfg, tc, progress=False)
+    with pytest.raises(train.TrainingError, match="lr"):
+        train.train_vae(
+            tmp_path, cfg, dataclasses.replace(tc, lr=1e-2), resume=True, progress=False
+        )
+    # More steps is fine: it continues the run.
+    result = train.train_vae(
+        tmp_path, cfg, dataclasses.replace(tc, steps=2), resume=True, progress=False
+    )
+    assert len(result["losses"]) == 1
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(path, {"step": 1, "weights": torch.arange(4.0)})
+    real_save = torch.save
+
+    def failing_save(obj, target):
+        real_save(obj, target)
+        with open(target, "r+b") as handle:  # a partial file, then the failure
+            handle.truncate(10)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_checkpoint(path, {"step": 2, "weights": torch.zeros(4)})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+    saved = train.load_checkpoint(path)
+    assert saved["step"] == 1 and torch.equal(saved["weights"], torch.arange(4.0))
+
+
+# ---- export -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_export_loads_back_strictly_with_the_ema_weights(run_dir, tmp_path, dtype):
+    path = train.export(run_dir, tmp_path / "model.safetensors", dtype=dtype)
+    model = svd_core.load(path)  # the config comes from the file's metadata; every key used once
+    final = train.load_checkpoint(run_dir / "vae" / train.VAE_FINAL_NAME)
+    unet_checkpoint = train.load_checkpoint(run_dir / "unet" / train.CHECKPOINT_NAME)
+    assert model.config.vae.scaling_factor == pytest.approx(1 / final["latent_std"], rel=1e-12)
+    assert model.config.vae.scaling_factor != SVDConfig.tiny().vae.scaling_factor
+    expected = {**unet_checkpoint["ema"], **{f"vae.{k}": v for k, v in final["vae"].items()}}
+    state = model.state_dict()
+    assert state.keys() == expected.keys()
+    for name, tensor in expected.items():
+        wanted = tensor if dtype is None else tensor.to(dtype).float()
+        assert torch.equal(state[name], wanted), name
+    # The EMA is not the live weights (decay 0.999 after 4 steps, with warm-up).
+    assert any(
+        not torch.equal(unet_checkpoint["model"][k], unet_checkpoint["ema"][k])
+        for k in unet_checkpoint["ema"]
+    )
+
+
+# ---- configuration and the command line -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"steps": 0}, "steps"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"cond_dropout": 1.5}, "cond_dropout"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
+def test_bad_settings_are_errors_that_name_them(settings, field):
+    with pytest.raises(train.TrainingError, match=field):
+        train.UNetTrainConfig(**settings)
+
+
+def test_learning_rate_warms_up_then_decays():
+    tc = train.TrainConfig(steps=100, lr=1.0, warmup_steps=10, lr_final_ratio=0.1)
+    assert train.learning_rate(tc, 0) == pytest.approx(0.1)
+    assert train.learning_rate(tc, 9) == pytest.approx(1.0)
+    assert train.learning_rate(tc, 99) == pytest.approx(0.1)
+    rates = [train.learning_rate(tc, s) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_cli_trains_both_stages_and_exports(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    small_config().to_json(config)
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"]
+    vae = ["train", "vae", *common, "--config", str(config), "--crop-size", "16"]
+    assert svd_core.cli.main(vae) == 0
+    assert "vae: 2 steps" in capsys.readouterr().out
+    assert svd_core.cli.main(["train", "unet", *common, "--pool-size", "4"]) == 0
+    assert "unet: 2 steps" in capsys.readouterr().out
+    # Again without --resume: one-line error, exit code 2, the checkpoint untouched.
+    assert svd_core.cli.main(["train", "unet", *common, "--pool-size", "4"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    target = tmp_path / "model.safetensors"
+    export = ["train", "export", str(out), "-o", str(target), "--dtype", "float16"]
+    assert svd_core.cli.main(export) == 0
+    model = svd_core.load(target)
+    assert model.config.height == 32 and model.config.num_frames == 4
+    assert next(model.unet.parameters()).dtype == torch.float32  # load converts to float32
+
+
+def test_cli_unet_stage_without_a_vae_stage_is_a_clear_error(tmp_path, capsys):
+    assert svd_core.cli.main(["train", "unet", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "vae" in capsys.readouterr().err
