@@ -248,26 +248,13 @@ def run_command(args, config=None) -> int:
     """
     import torch
 
-    from .cli import default_model_path
+    from .cli import check_generation_flags, default_model_path
     from .io import VAE_MULTIPLE, check_video_size, output_folder
     from .loading import load
-    from .pipeline import SVDPipeline, check_options
+    from .pipeline import SVDPipeline
 
     inputs = list_inputs(args.inputs)
-    for flag, name, value in (
-        ("--frames", "num_frames", args.frames),
-        ("--steps", "num_steps", args.steps),
-        ("--decode-chunk", "decode_chunk_size", args.decode_chunk),
-        ("--fps", "fps", args.fps),
-        ("--motion-bucket", "motion_bucket_id", args.motion_bucket),
-        ("--cond-aug", "cond_aug", args.cond_aug),
-        ("--min-guidance", "min_guidance", args.min_guidance),
-        ("--max-guidance", "max_guidance", args.max_guidance),
-    ):
-        try:
-            check_options(**{name: value})
-        except ValueError as error:
-            raise BatchError(f"{flag}: {error}") from None
+    check_generation_flags(args)
     check_video_size(args.height, args.width, VAE_MULTIPLE)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():

@@ -141,6 +141,30 @@ def default_model_path() -> Path:
     return path
 
 
+def check_generation_flags(args: argparse.Namespace) -> None:
+    """Check the sampling flags shared by `generate` and `generate-batch` before any model loads.
+
+    Raises ValueError naming the flag, e.g. "--frames: num_frames must be ...".
+    """
+    from .pipeline import check_options
+
+    for flag, name, value in (
+        ("--frames", "num_frames", args.frames),
+        ("--steps", "num_steps", args.steps),
+        ("--decode-chunk", "decode_chunk_size", args.decode_chunk),
+        ("--fps", "fps", args.fps),
+        ("--motion-bucket", "motion_bucket_id", args.motion_bucket),
+        ("--cond-aug", "cond_aug", args.cond_aug),
+        ("--min-guidance", "min_guidance", args.min_guidance),
+        ("--max-guidance", "max_guidance", args.max_guidance),
+        ("--seed", "seed", args.seed),
+    ):
+        try:
+            check_options(**{name: value})
+        except ValueError as error:
+            raise ValueError(f"{flag}: {error}") from None
+
+
 def _fail(message: str) -> int:
     print(f"svd-core: error: {message}", file=sys.stderr)
     return 2
@@ -163,7 +187,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .io import VAE_MULTIPLE, check_video_size, load_image
     from .loading import load
-    from .pipeline import SVDPipeline, check_options
+    from .pipeline import SVDPipeline
 
     if not Path(args.image).is_file():
         return _fail(f"image file {args.image!r} does not exist")
@@ -176,21 +200,7 @@ def _generate(args: argparse.Namespace) -> int:
     # Everything that needs no model is checked before loading one (seconds to minutes for the
     # full-size checkpoints): the image, the sampling values, the size up to the model's multiple.
     image = load_image(args.image)
-    for flag, name, value in (
-        ("--frames", "num_frames", args.frames),
-        ("--steps", "num_steps", args.steps),
-        ("--decode-chunk", "decode_chunk_size", args.decode_chunk),
-        ("--fps", "fps", args.fps),
-        ("--motion-bucket", "motion_bucket_id", args.motion_bucket),
-        ("--cond-aug", "cond_aug", args.cond_aug),
-        ("--min-guidance", "min_guidance", args.min_guidance),
-        ("--max-guidance", "max_guidance", args.max_guidance),
-        ("--seed", "seed", args.seed),
-    ):
-        try:
-            check_options(**{name: value})
-        except ValueError as error:
-            return _fail(f"{flag}: {error}")
+    check_generation_flags(args)
     check_video_size(args.height, args.width, VAE_MULTIPLE)  # the model's multiple: after loading
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
