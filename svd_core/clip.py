@@ -199,8 +199,11 @@ class ImageEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(
             3, width, kernel_size=config.patch_size, stride=config.patch_size, bias=False
         )
-        self.class_token = nn.Parameter(torch.randn(width) * width**-0.5)
-        self.position_embedding = nn.Parameter(torch.randn(self.num_tokens, width) * width**-0.5)
+        # In place: an out-of-place op on the meta device (svd_core.load) imports torch._dynamo, ~2 s.
+        self.class_token = nn.Parameter(torch.randn(width).mul_(width**-0.5))
+        self.position_embedding = nn.Parameter(
+            torch.randn(self.num_tokens, width).mul_(width**-0.5)
+        )
         self.norm_pre = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.layers))
         self.norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps)

@@ -256,7 +256,7 @@ class TensorReader:
 
 @contextmanager
 def open_tensors(path: str | os.PathLike) -> Iterator[TensorReader]:
-    """A safetensors file opened for `handle.get_tensor(name)`, one tensor at a time (TensorReader)."""
+    """A safetensors file opened as a TensorReader: `get_tensor` (mapped), `read_into` (copied)."""
     reader = TensorReader(path)
     try:
         yield reader

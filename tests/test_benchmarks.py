@@ -1,0 +1,168 @@
+"""The benchmark harness on the tiny config, so the benchmark code cannot rot. No timing thresholds."""
+
+import json
+
+import pytest
+import torch
+
+import svd_core
+from benchmarks import bench_loading, common
+from benchmarks.make_weights import diffusers_path, make_weights, official_path
+from svd_core import SVDConfig
+from svd_core.loading import save
+from svd_core.loading.files import read_header, read_metadata
+from svd_core.model import SVDModel
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("bench_cache")
+    make_weights(cache, "tiny", log=lambda line: None)
+    return cache
+
+
+def _saved_by_svd_core(tmp_path, dtype: torch.dtype):
+    """The files `svd_core.save` writes for a random tiny model: the layout make_weights must match."""
+    torch.manual_seed(0)
+    model = SVDModel(SVDConfig.tiny())
+    official = save(model, tmp_path / "tiny.safetensors", dtype=dtype)
+    variant = "fp16" if dtype == torch.float16 else None
+    folder = save(model, tmp_path / "diffusers", layout="diffusers", dtype=dtype, variant=variant)
+    return official, folder
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_make_weights_writes_the_layout_svd_core_save_writes(cache, tmp_path, dtype):
+    torch_dtype = getattr(torch, dtype)
+    official, folder = _saved_by_svd_core(tmp_path, torch_dtype)
+    ours = official_path(cache, "tiny", dtype)
+    assert read_header(ours) == read_header(official)
+    assert read_metadata(ours) == read_metadata(official)
+    written = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    ours_folder = diffusers_path(cache, "tiny")
+    for relative in written:
+        expected, got = folder / relative, ours_folder / relative
+        if relative.suffix == ".json":
+            assert json.loads(got.read_text()) == json.loads(expected.read_text()), relative
+        else:
+            assert read_header(got) == read_header(expected), relative
+
+
+def test_every_file_holds_the_same_model(cache):
+    reference = svd_core.load(official_path(cache, "tiny", "float32")).state_dict()
+    folder = diffusers_path(cache, "tiny")
+    same_dtype = svd_core.load(folder).state_dict()
+    as_fp16 = svd_core.load(folder, dtype=torch.float16, variant="fp16").state_dict()
+    official_fp16 = svd_core.load(official_path(cache, "tiny", "float16"), dtype=torch.float16)
+    for name, tensor in reference.items():
+        assert torch.equal(same_dtype[name], tensor), name
+        assert torch.equal(as_fp16[name], tensor.half()), name
+        assert torch.equal(official_fp16.state_dict()[name], tensor.half()), name
+    weights = [t for n, t in reference.items() if n.endswith("weight") and t.numel() > 1000]
+    assert weights and all(
+        0.01 < float(t.std()) < 0.03 for t in weights
+    )  # small normal noise, std 0.02
+
+
+def test_make_weights_keeps_complete_files_and_rewrites_damaged_ones(cache):
+    path = official_path(cache, "tiny", "float16")
+    lines = []
+    make_weights(cache, "tiny", ("float16",), ("official",), log=lines.append)
+    assert lines == [f"kept  {path}"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    lines.clear()
+    make_weights(cache, "tiny", ("float16",), ("official",), log=lines.append)
+    assert lines == [f"wrote {path}"]
+    assert path.read_bytes() == data
+
+
+def test_make_weights_rejects_unknown_names(tmp_path):
+    with pytest.raises(ValueError, match="preset must be one of"):
+        make_weights(tmp_path, "svd_huge")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make_weights(tmp_path, "tiny", ("int8",))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        make_weights(tmp_path, "tiny", layouts=("ckpt",))
+
+
+def test_bench_loading_end_to_end_writes_results_and_the_readme_table(cache, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# benchmarks\n\nIntro that must stay.\n")
+    argv = ["--preset", "tiny", "--cache", str(cache), "--runs", "1", "--warmup", "0",
+            "--dtypes", "float32-to-float16", "--loaders", "svd_core-official", "diffusers",
+            "--results-dir", str(tmp_path / "results"), "--readme", str(readme),
+            "--machine", "testbox"]  # fmt: skip
+    data = bench_loading.main(argv)
+
+    # One fresh process per measurement; weights counted independently from a tiny model in fp16.
+    tiny = SVDModel(SVDConfig.tiny())
+    expected = sum(2 * p.numel() for p in tiny.parameters()) + sum(
+        b.numel() * b.element_size() for b in tiny.buffers()
+    )
+    ours, theirs = (
+        data["rows"][f"{x}-float32-to-float16"] for x in ("svd_core-official", "diffusers")
+    )
+    assert ours["weight_bytes"] == expected
+    assert ours["loaded_dtypes"] == "torch.float16,torch.float32"  # the CLIP constants stay float32
+    assert theirs["loaded_dtypes"] == "torch.float16"
+    for row in (ours, theirs):
+        assert (
+            row["peak_rss_bytes"] >= row["peak_after_load_bytes"] >= row["baseline_rss_bytes"] > 0
+        )
+        assert row["ready_s"] >= row["load_s"] > 0
+        assert row["ratio_peak_to_weights"] == row["peak_rss_bytes"] / row["weight_bytes"]
+        assert len(row["runs"]) == 1
+    assert set(data["baselines"]) == {"svd_core", "diffusers"}
+
+    [results] = (tmp_path / "results").glob("testbox-*.json")
+    stored = json.loads(results.read_text())
+    assert stored["machine"]["threads"] == 1 and stored["machine"]["cpu"]
+    assert set(stored["benchmarks"]["loading"]["rows"]) == set(data["rows"])
+
+    text = readme.read_text()
+    assert text.startswith("# benchmarks\n\nIntro that must stay.\n")
+    assert "<!-- loading:begin -->" in text and "<!-- loading:end -->" in text
+    table_rows = [line for line in text.splitlines() if line.startswith("| svd_core-official")]
+    assert len(table_rows) == 2  # the measured row and its ratio to diffusers
+    assert "`python benchmarks/bench_loading.py --dtypes float32-to-float16" in table_rows[0]
+    assert "float32 → float16" in table_rows[0]
+
+    again = tmp_path / "again.md"
+    bench_loading.main(["--render-only", str(results), "--readme", str(again)])
+    section = text[text.index("<!-- loading:begin -->") :]
+    assert again.read_text().strip() == section.strip()
+
+
+def test_run_in_subprocess_reports_a_failing_measurement():
+    with pytest.raises(common.BenchmarkError, match="library must be one of"):
+        common.run_in_subprocess("benchmarks.bench_loading:measure_imports", {"library": "jax"})
+
+
+def test_median_table_results_and_readme_helpers(tmp_path):
+    runs = [{"t": 3.0, "n": 1, "name": "a"}, {"t": 1.0, "n": 5, "name": "b"}, {"t": 2.0, "n": 2, "name": "c"}]  # fmt: skip
+    assert common.median_fields(runs) == {"t": 2.0, "n": 2, "name": "a"}
+    with pytest.raises(ValueError, match="at least one run"):
+        common.median_fields([])
+
+    table = common.markdown_table(["a", "b"], [[1.23456, "x"]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | x |"]
+    with pytest.raises(ValueError, match="2 cells, the header 1"):
+        common.markdown_table(["a"], [[1, 2]])
+
+    machine = {"cpu": "AMD EPYC 7R13 Processor", "usable_cores": 2}
+    assert common.machine_slug(machine) == "amd-epyc-7r13-2cpu"
+    first = common.write_results("a", {"x": 1}, machine, tmp_path, date="2026-01-02")
+    second = common.write_results("b", {"y": 2}, machine, tmp_path, date="2026-01-02")
+    assert first == second == tmp_path / "amd-epyc-7r13-2cpu-2026-01-02.json"
+    assert common.read_results(first) == {"a": {"x": 1}, "b": {"y": 2}}
+
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n")
+    common.update_readme("s", "one", readme)
+    common.update_readme("s", "two", readme)
+    readme.write_text(readme.read_text() + "after\n")
+    common.update_readme("s", "three", readme)
+    assert readme.read_text() == "before\n\n<!-- s:begin -->\nthree\n<!-- s:end -->\nafter\n"
