@@ -111,6 +111,9 @@ def _add_train_parser(commands) -> None:
         stage.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "vae":
             stage.add_argument("--crop-size", type=int, default=None, help="0 = whole frames")
+            stage.add_argument(
+                "--clip-frames", type=int, default=None, help="consecutive frames per clip; 0 = all"
+            )
             stage.add_argument("--kl-weight", type=float, default=None)
             # For tests and experiments: the model size (the unet stage takes it from vae/).
             stage.add_argument("--preset", choices=("tiny_demo", "tiny"), default="tiny_demo")
@@ -260,7 +263,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     names = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "seed", "checkpoint_every")
-    names += ("crop_size", "kl_weight") if args.stage == "vae" else ("pool_size", "cond_dropout")
+    names += (
+        ("crop_size", "clip_frames", "kl_weight")
+        if args.stage == "vae"
+        else ("pool_size", "cond_dropout")
+    )
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.stage == "vae":
         tc = dataclasses.replace(train.VAETrainConfig(), **given)

@@ -45,7 +45,6 @@ class Conditioning:
         )
 
 
-@torch.no_grad()
 def encode_conditioning(
     model,
     image: torch.Tensor,
@@ -54,29 +53,35 @@ def encode_conditioning(
     motion_bucket_id: float | torch.Tensor,
     cond_aug: float | torch.Tensor,
     clip_preprocess: str = "official",
+    image_encoder_grad: bool = False,
 ) -> Conditioning:
     """Condition on `image` (B, 3, H, W) in [-1, 1].
 
     `cond_noise` (B, 3, H, W) is the standard-normal noise of the augmentation; the VAE encodes
     image + cond_aug * cond_noise, the CLIP encoder sees the clean image. fps_id, motion_bucket_id
-    and cond_aug are numbers or (B,) tensors.
+    and cond_aug are numbers or (B,) tensors. Nothing records gradients, except the image encoder
+    when `image_encoder_grad` is True (training it jointly, as svd_core.train does).
     """
     if cond_noise.shape != image.shape:
         raise ValueError(
             f"cond_noise must have the image's shape {tuple(image.shape)}, got {tuple(cond_noise.shape)}"
         )
     batch = image.shape[0]
-    cond_aug_column = torch.as_tensor(cond_aug, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    # float32, or float64 for float64 images (half precision would round cond_aug itself).
+    column_dtype = torch.promote_types(image.dtype, torch.float32)
+    cond_aug_column = torch.as_tensor(cond_aug, dtype=column_dtype).reshape(-1, 1, 1, 1)
     encoder_dtype = next(model.image_encoder.parameters()).dtype
     vae_dtype = next(model.vae.parameters()).dtype
     encoder = model.image_encoder
     previous, encoder.preprocess = encoder.preprocess, clip_preprocess
     try:
-        context = encoder(image.to(encoder_dtype))[:, None]  # (B, 1, D): one token
+        with torch.set_grad_enabled(image_encoder_grad and torch.is_grad_enabled()):
+            context = encoder(image.to(encoder_dtype))[:, None]  # (B, 1, D): one token
     finally:
         encoder.preprocess = previous
-    noisy_image = image + cond_aug_column.to(image.device) * cond_noise
-    image_latent = model.vae.encode(noisy_image.to(vae_dtype))
+    with torch.no_grad():
+        noisy_image = image + cond_aug_column.to(image.device) * cond_noise
+        image_latent = model.vae.encode(noisy_image.to(vae_dtype))
     vector = embed_added(
         fps_id, motion_bucket_id, cond_aug, dim=model.config.unet.addition_embed_dim
     )

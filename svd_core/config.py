@@ -330,7 +330,14 @@ class SVDConfig:
                 context_dim=32,
                 addition_embed_dim=16,
             ),
-            vae=VAEConfig(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2),
+            # 8 groups, not SVD's 32: at 32 channels, 32 groups normalize every channel of a frame
+            # on its own, so the decoder's last GroupNorm removes each channel's mean and a plain
+            # background's colour cannot reach the output (training stalls at a grey image; the
+            # official 128 channels have 4 per group). diffusers' temporal VAE hard-codes 32 groups,
+            # so this VAE has no diffusers layout; the UNet and the image encoder do.
+            vae=VAEConfig(
+                base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2, num_groups=8
+            ),
             image_encoder=ImageEncoderConfig(
                 image_size=56, patch_size=14, width=64, layers=2, heads=4, mlp_dim=256, embed_dim=32
             ),

@@ -44,18 +44,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .conditioning import Conditioning, conditioned_network
+from .conditioning import Conditioning, conditioned_network, encode_conditioning
 from .config import SVDConfig
 from .io import atomic_file
 from .loading import save
 from .model import SVDModel
-from .nn.embeddings import embed_added
+from .nn import ResBlock
 from .sampling import denoise_v_prediction
-from .vae import VAE
+from .unet import SpatioTemporalTransformer, UNet
+from .vae import VAE, AttentionBlock
 
 CHECKPOINT_NAME = "checkpoint.pt"
 VAE_FINAL_NAME = "final.pt"
 POOL_NAME = "pool.pt"
+INITIAL_LOGVAR = (
+    -8.0
+)  # the VAE posterior's log-variance at the start of training (init_for_training)
 
 
 class TrainingError(ValueError):
@@ -99,17 +103,25 @@ class TrainConfig:
 class VAETrainConfig(TrainConfig):
     """The VAE stage: reconstruction + KL on random crops of clips."""
 
-    steps: int = 600  # ~10 min at an estimated ~1 s a step on 2 idle CPU cores
-    batch_size: int = 4
+    steps: int = 600  # ~10 min at about 1 s a step on 2 idle CPU cores
+    batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 20
     ema_decay: float = 0.99
     crop_size: int = 32  # square crop, the same window in every frame; 0 = whole frames
+    # Consecutive frames of each clip per step (a random window; 0 = all). The frames of one clip
+    # differ only by the triangle's shift, so a few per clip suffice to train the temporal layers
+    # (kernel 3 over frames) and the compute goes to more distinct clips instead.
+    clip_frames: int = 3
     kl_weight: float = 1e-5  # weight of the mean per-element KL against N(0, 1) (kept small)
     scale_frames: int = 256  # held-out frames whose latent std gives scaling_factor
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.clip_frames < 0:
+            raise TrainingError(
+                f"clip_frames must be >= 0 (0 = all frames), got {self.clip_frames}"
+            )
         if self.crop_size < 0 or self.kl_weight < 0 or self.scale_frames < 2:
             raise TrainingError(
                 f"need crop_size >= 0, kl_weight >= 0, scale_frames >= 2, got {self.crop_size}, "
@@ -225,6 +237,45 @@ def make_optimizer(trained: nn.Module, tc: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the parameters that require gradients."""
     params = [p for p in trained.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+
+
+@torch.no_grad()
+def init_for_training(module: nn.Module) -> nn.Module:
+    """Re-initialize a VAE or UNet (in place) so that training from scratch starts well; returns it.
+
+    torch's default init shrinks the signal by about 1/sqrt(3) per layer, so after the dozen
+    layers between an image and its reconstruction the output hardly depends on the input and
+    training stalls. Instead: every conv and linear gets normal(0, 1/sqrt(fan_in)) weights and zero
+    biases (variance preserving for a linear layer); the last layer of every residual branch (res
+    block conv2, attention output, transformer proj_out) and the UNet's output conv start at zero,
+    as in sgm's `zero_module` convention, so every residual block starts as the identity; and the
+    video decoder's temporal output conv starts as the identity over frames (centre tap 1); and
+    the VAE's posterior log-variance starts at INITIAL_LOGVAR.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.Conv3d | nn.Linear):
+            layer.weight.normal_(0.0, 1.0 / math.sqrt(layer.weight[0].numel()))
+            if layer.bias is not None:
+                layer.bias.zero_()
+    for layer in module.modules():
+        if isinstance(layer, ResBlock):
+            layer.conv2.weight.zero_()
+        elif isinstance(layer, AttentionBlock):
+            layer.attn.to_out.weight.zero_()
+        elif isinstance(layer, SpatioTemporalTransformer):
+            layer.proj_out.weight.zero_()
+        elif isinstance(layer, UNet):
+            layer.conv_out.weight.zero_()
+        elif isinstance(layer, VAE):
+            # The posterior starts nearly deterministic (std e^(INITIAL_LOGVAR / 2) = 0.02): with
+            # zero log-variance the decoder would train on latents buried in unit noise and learn
+            # to ignore the fine detail (the triangle) that a noisy latent cannot carry.
+            layer.quant_conv.bias[layer.cfg.latent_channels :] = INITIAL_LOGVAR
+            if layer.decoder.temporal_conv_out is not None:
+                weight = layer.decoder.temporal_conv_out.weight  # (C, C, k, 1, 1)
+                weight.zero_()
+                weight[:, :, weight.shape[2] // 2, 0, 0] = torch.eye(weight.shape[0])
+    return module
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -355,6 +406,19 @@ def clips_batch(dataset, start: int, count: int) -> dict[str, torch.Tensor]:
     return type(dataset).collate([dataset[i % len(dataset)] for i in range(start, start + count)])
 
 
+def random_window(frames: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """`length` consecutive frames of (B, F, C, H, W), a random window per clip; 0 = all frames."""
+    num_frames = frames.shape[1]
+    if length == 0 or length == num_frames:
+        return frames
+    if length > num_frames:
+        raise TrainingError(f"clip_frames {length} is more than the clips' {num_frames} frames")
+    starts = torch.randint(0, num_frames - length + 1, (frames.shape[0],), generator=generator)
+    return torch.stack(
+        [clip[s : s + length] for clip, s in zip(frames, starts.tolist(), strict=True)]
+    )
+
+
 def random_crop(frames: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """A size x size window of (B, F, C, H, W), one random window per clip, the same in all its frames."""
     height, width = frames.shape[-2:]
@@ -432,7 +496,7 @@ def train_vae(
     """
     stage_dir = Path(run_dir) / "vae"
     torch.manual_seed(tc.seed)
-    trained = nn.ModuleDict({"vae": VAE(cfg.vae)})
+    trained = nn.ModuleDict({"vae": init_for_training(VAE(cfg.vae))})
     dataset = moving_shapes(cfg, "train", tc.data_seed)
 
     current = distributed.init_from_env()  # under torchrun: joins its process group (gloo)
@@ -440,7 +504,9 @@ def train_vae(
 
     def batch_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         frames = clips_batch(dataset, step * tc.batch_size, tc.batch_size)["frames"]
-        frames = random_crop(frames, tc.crop_size, generator)
+        frames = random_crop(
+            random_window(frames, tc.clip_frames, generator), tc.crop_size, generator
+        )
         if not current.distributed:
             return vae_loss(trained["vae"], frames, tc, generator)[0]
         # Under torchrun every rank draws the crops of the whole global batch (cheap) and trains on
@@ -542,18 +608,19 @@ def unet_loss(
     noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine]
     cond_noise = torch.randn((total, *first_frame.shape[1:]), generator=generator)[mine]
 
-    # The conditioning exactly as encode_conditioning builds it at sampling time, but with gradients
-    # into the image encoder: CLIP sees the clean frame, the frozen VAE the noisy one (mode, unscaled).
-    context = model.image_encoder(first_frame)[:, None]  # (B, 1, D)
-    with torch.no_grad():
-        image_latent = model.vae.encode(first_frame + cond_aug[:, None, None, None] * cond_noise)
-    vector = embed_added(
-        batch["fps"] - 1,
-        batch["motion_bucket_id"],
-        cond_aug,
-        dim=model.config.unet.addition_embed_dim,
+    # The conditioning exactly as at sampling time, with gradients into the image encoder: CLIP
+    # sees the clean frame, the frozen VAE the noisy one (mode, unscaled).
+    cond = encode_conditioning(
+        model,
+        first_frame,
+        cond_noise,
+        fps_id=batch["fps"] - 1,
+        motion_bucket_id=batch["motion_bucket_id"],
+        cond_aug=cond_aug,
+        clip_preprocess=model.image_encoder.preprocess,
+        image_encoder_grad=True,
     )
-    cond = drop_conditioning(Conditioning(context, image_latent, vector), keep)
+    cond = drop_conditioning(cond, keep)
 
     noisy = x0 + sigma[:, None, None, None, None] * noise  # (B, F, 4, h, w)
     denoised = denoise_v_prediction(conditioned_network(model.unet, cond), noisy, sigma)
@@ -585,6 +652,7 @@ def unet_stage_model(run_dir: str | Path, tc: UNetTrainConfig) -> SVDModel:
     cfg = SVDConfig.from_dict(final["svd_config"])
     torch.manual_seed(tc.seed)
     model = SVDModel(cfg)
+    init_for_training(model.unet)  # the image encoder keeps its init: pre-norm, shallow
     model.vae.load_state_dict(final["vae"])
     model.vae.requires_grad_(False)
     model.image_encoder.requires_grad_(tc.train_image_encoder)

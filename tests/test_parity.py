@@ -311,6 +311,54 @@ def test_bad_model_exits_2_with_one_line(model_arg, named, capsys, monkeypatch, 
     assert named in error, error
 
 
+@pytest.mark.parametrize(
+    ("components", "named"),
+    [
+        ([], "vae_encode, vae_decode, sampling_run cannot"),
+        (["--components", "unet,vae_decode"], ": vae_decode cannot"),
+    ],
+)
+def test_vae_diffusers_cannot_build_is_one_line_naming_what_can_be_compared(
+    components, named, capsys, monkeypatch
+):
+    """tiny_demo's VAE has 8 GroupNorm groups, diffusers' temporal VAE 32: the components that run
+    the reference's VAE are refused before any weights are built, with the ones that can run."""
+    assert "num_groups=8" in parity_run.vae_without_counterpart(SVDConfig.tiny_demo())
+    monkeypatch.setattr(parity_run, "build_reference", lambda model: pytest.fail("ran anyway"))
+    monkeypatch.setattr(parity_run, "random_model", lambda *a: pytest.fail("built weights"))
+    assert svd_core.cli.main(["parity", "--model", "random:tiny_demo", *components]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("svd-core: error:") and error.count("\n") == 1, error
+    assert "num_groups=8" in error and named in error, error
+    assert error.rstrip().endswith("--components image_encoder,unet,sampler_step"), error
+
+
+def test_model_whose_vae_diffusers_cannot_build_compares_unet_image_encoder_and_sampler():
+    """The reference of tiny_demo is diffusers' pipeline without a VAE; the other components agree
+    as they do on tiny, and asking it for a VAE component is the same clear error."""
+    model = random_model(SVDConfig.tiny_demo(), seed=0)
+    reference = build_reference(model)
+    assert reference.vae is None
+    options = ParityOptions(components=("image_encoder", "unet", "sampler_step"))
+    report = run_parity(copy.deepcopy(model), options, "random:tiny_demo", reference=reference)
+    for component in report.components:
+        print(f"\n{component.name}: rel {component.output.relative:.2e}")
+        assert component.output.relative < ROUND_OFF, component.name
+        assert component.first_divergence is None and component.skipped == [], component.name
+    assert report.passed and len(report.component("unet").blocks) > 50
+    # The reference holds our weights, not merely weights of the same shapes: a perturbed block
+    # of ours is found.
+    perturbed = copy.deepcopy(model)
+    _perturb(perturbed.unet.get_submodule("encoder.1.res_blocks.0.temporal"))
+    unet_only = ParityOptions(components=("unet",))
+    result = run_parity(perturbed, unet_only, reference=reference).component("unet")
+    assert result.first_divergence.ours == "encoder.1.res_blocks.0.temporal"
+    with pytest.raises(
+        parity_run.ParityError, match=r"num_groups=8.*: vae_encode cannot be compared"
+    ):
+        run_parity(model, ParityOptions(components=("vae_encode",)), reference=reference)
+
+
 def test_missing_reference_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
     with pytest.raises(ReferenceUnavailableError, match="pip install diffusers transformers"):

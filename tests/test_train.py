@@ -403,3 +403,93 @@ def test_cli_trains_both_stages_and_exports(tmp_path, capsys):
 def test_cli_unet_stage_without_a_vae_stage_is_a_clear_error(tmp_path, capsys):
     assert svd_core.cli.main(["train", "unet", "--out", str(tmp_path), "--quiet"]) == 2
     assert "vae" in capsys.readouterr().err
+
+
+# ---- initialization for training from scratch ------------------------------------------------------
+
+
+def test_init_for_training_starts_every_residual_block_as_the_identity():
+    """Zeroed last layers: every res block returns its skip path, every attention block its input,
+    every transformer adds nothing; the video decoder's temporal output conv passes frames
+    through; the UNet's output is zero, so the denoiser starts as c_skip * x."""
+    from svd_core.nn import ResBlock
+    from svd_core.unet import SpatioTemporalTransformer
+    from svd_core.vae import AttentionBlock
+
+    torch.manual_seed(0)
+    model = SVDModel(small_config())
+    train.init_for_training(model.vae)
+    train.init_for_training(model.unet)
+    counts = {"res": 0, "attention": 0, "transformer": 0}
+    for module in [*model.vae.modules(), *model.unet.modules()]:
+        if isinstance(module, ResBlock):
+            channels = module.conv1.in_channels
+            # temporal blocks take (B, C, F, H, W) and a per-frame embedding (B, F, E)
+            h = (
+                torch.randn(2, channels, 3, 4, 4)
+                if module.temporal
+                else torch.randn(2, channels, 4, 4)
+            )
+            emb = None
+            if module.emb_proj is not None:
+                width = module.emb_proj.in_features
+                emb = torch.randn(2, 3, width) if module.temporal else torch.randn(2, width)
+            torch.testing.assert_close(module(h, emb), module.skip(h), rtol=0, atol=0)
+            counts["res"] += 1
+        elif isinstance(module, AttentionBlock):
+            h = torch.randn(2, module.norm.num_channels, 4, 4)
+            torch.testing.assert_close(module(h), h, rtol=0, atol=0)
+            counts["attention"] += 1
+        elif isinstance(module, SpatioTemporalTransformer):
+            assert torch.count_nonzero(module.proj_out.weight) == 0
+            counts["transformer"] += 1
+    assert min(counts.values()) > 0, counts
+    frames = torch.randn(2, 3, 5, 4, 4)  # (B, C, F, H, W)
+    conv = model.vae.decoder.temporal_conv_out
+    torch.testing.assert_close(conv(frames), frames, rtol=0, atol=0)
+    cfg = model.config
+    out = model.unet(
+        torch.randn(2, cfg.num_frames, cfg.unet.in_channels, 4, 4),
+        torch.ones(2),
+        torch.randn(2, 1, cfg.unet.context_dim),
+        torch.randn(2, cfg.unet.vector_dim),
+    )
+    assert out.shape == (2, cfg.num_frames, cfg.unet.out_channels, 4, 4)
+    assert torch.count_nonzero(out) == 0
+
+
+def test_init_for_training_weights_are_variance_preserving():
+    torch.manual_seed(0)
+    vae = train.init_for_training(VAE(small_config().vae))
+    conv = vae.encoder.conv_in
+    fan_in = conv.weight[0].numel()
+    assert (
+        abs(conv.weight.std().item() * fan_in**0.5 - 1) < 0.25
+    )  # std 1/sqrt(fan_in), 27 x C draws
+    assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_random_window_takes_consecutive_frames_of_each_clip():
+    frames = torch.arange(3 * 6, dtype=torch.float32).reshape(3, 6, 1, 1, 1).expand(3, 6, 1, 2, 2)
+    window = train.random_window(frames, 3, torch.Generator().manual_seed(0))
+    assert window.shape == (3, 3, 1, 2, 2)
+    for clip, got in zip(frames, window, strict=True):
+        start = int(got[0, 0, 0, 0]) % 6
+        torch.testing.assert_close(got, clip[start : start + 3])
+    assert train.random_window(frames, 0, torch.Generator()) is frames
+    with pytest.raises(train.TrainingError, match="clip_frames 7 is more than the clips' 6"):
+        train.random_window(frames, 7, torch.Generator())
+
+
+def test_encode_conditioning_records_gradients_only_into_the_image_encoder_when_asked():
+    from svd_core.conditioning import encode_conditioning
+
+    model = SVDModel(small_config())
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    noise = torch.randn_like(image)
+    plain = encode_conditioning(model, image, noise, 6, 127, 0.02)
+    assert not plain.context.requires_grad and not plain.image_latent.requires_grad
+    trained = encode_conditioning(model, image, noise, 6, 127, 0.02, image_encoder_grad=True)
+    assert trained.context.requires_grad and not trained.image_latent.requires_grad
+    torch.testing.assert_close(trained.context.detach(), plain.context, rtol=0, atol=0)
+    torch.testing.assert_close(trained.image_latent, plain.image_latent, rtol=0, atol=0)

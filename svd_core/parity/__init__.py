@@ -28,7 +28,9 @@ Models: anything `svd_core.load` takes, or `random:PRESET`: the preset's archite
 seeded random weights (random:tiny, random:tiny_demo, random:svd, random:svd_xt, ...; the seed is
 --seed). Size: --size HxW (multiples of the VAE's factor times the UNet's: 64 for SVD, 32 for
 tiny), default the model's own or 128x128 for full-size models; --frames default min(the model's,
-8).
+8). A model whose VAE diffusers cannot build (tiny_demo: 8 GroupNorm groups, where diffusers'
+temporal VAE fixes 32) is compared without one: `--components image_encoder,unet,sampler_step`;
+asking for vae_encode, vae_decode or sampling_run is an error that says why.
 
 Precision: --dtype sets the UNet and the image encoder of both sides. The VAE comparisons run both
 VAEs in float32. The sampling run runs each pipeline as it runs: svd_core keeps its VAE and its

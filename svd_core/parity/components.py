@@ -366,3 +366,6 @@ RUNNERS = {
     "sampling_run": compare_sampling_run,
 }
 COMPONENTS = tuple(RUNNERS)
+# The components that run the reference's VAE: a model whose VAE diffusers cannot build has no
+# reference for them (reference.vae_without_counterpart).
+NEEDS_VAE = ("vae_encode", "vae_decode", "sampling_run")

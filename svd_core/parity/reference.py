@@ -4,6 +4,12 @@ diffusers and transformers are test-time references, imported here lazily: svd_c
 them at import time. The reference gets the weights through our own writer,
 `svd_core.save(model, folder, layout="diffusers")`, then diffusers' `from_pretrained`; so any
 checkpoint `svd_core.load` reads (an official single file too) can be compared.
+
+A model whose VAE diffusers cannot build (`vae_without_counterpart`: e.g. tiny_demo's, with 8
+GroupNorm groups where diffusers' temporal VAE fixes 32) has no diffusers folder. Its reference is
+the pipeline without a VAE: diffusers' UNet and CLIP vision model built from the configs the
+writer uses, filled strictly through the same key maps. Its UNet, image encoder and sampler step
+can be compared; what runs the VAE cannot.
 """
 
 from __future__ import annotations
@@ -16,8 +22,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import SVDConfig
 from ..loading import save
+from ..loading.clip_maps import diffusers_clip_map, transformers_clip_config
+from ..loading.diffusers_layout import FEATURE_EXTRACTOR_CONFIG, SCHEDULER_CONFIG
 from ..loading.keymap import KeyMap
+from ..loading.unet_maps import diffusers_unet_config, diffusers_unet_map
+from ..loading.vae_maps import diffusers_vae_config
 
 INSTALL_HINT = "pip install diffusers transformers (or pip install 'svd-core[dev]')"
 DIFFUSERS_CLIP_SIZE = 224  # diffusers' pipeline resizes the CLIP input to this, whatever the model
@@ -70,17 +81,30 @@ def quiet_reference() -> Iterator[None]:
                 module.enable_progress_bar()
 
 
+def vae_without_counterpart(config: SVDConfig) -> str | None:
+    """Why diffusers cannot build `config`'s VAE (e.g. tiny_demo's 8 GroupNorm groups), or None."""
+    try:
+        diffusers_vae_config(config.vae)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def build_reference(model, device: str | torch.device | None = None):
     """diffusers' StableVideoDiffusionPipeline with `model`'s weights, in float32, on `device`.
 
     The scheduler takes the model's sigma_min / sigma_max (the folder `save` writes carries the
-    official 0.002 / 700, which other configs, e.g. tiny_demo, do not use).
+    official 0.002 / 700, which other configs, e.g. tiny_demo, do not use). For a model whose VAE
+    diffusers cannot build, the pipeline's `vae` is None (module docstring).
     """
     diffusers = import_reference()
-    with tempfile.TemporaryDirectory(prefix="svd_core_parity_") as folder, quiet_reference():
-        path = save(model, Path(folder) / "reference", layout="diffusers", dtype=torch.float32)
-        pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(path)
     cfg = model.config
+    if vae_without_counterpart(cfg) is not None:
+        pipe = _reference_without_vae(model)
+    else:
+        with tempfile.TemporaryDirectory(prefix="svd_core_parity_") as folder, quiet_reference():
+            path = save(model, Path(folder) / "reference", layout="diffusers", dtype=torch.float32)
+            pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(path)
     pipe.scheduler = type(pipe.scheduler).from_config(
         pipe.scheduler.config, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max
     )
@@ -90,13 +114,39 @@ def build_reference(model, device: str | torch.device | None = None):
     return pipe
 
 
+def _reference_without_vae(model):
+    """The pipeline with `model`'s UNet and image encoder and no VAE (module docstring), float32."""
+    import diffusers
+    import transformers
+
+    cfg = model.config
+    unet = diffusers.UNetSpatioTemporalConditionModel(**diffusers_unet_config(cfg.unet))
+    clip_config = transformers.CLIPVisionConfig(**transformers_clip_config(cfg.image_encoder))
+    image_encoder = transformers.CLIPVisionModelWithProjection(clip_config)
+    for theirs, ours, key_map in (
+        (unet, model.unet, diffusers_unet_map(cfg.unet)),
+        (image_encoder, model.image_encoder, diffusers_clip_map(cfg.image_encoder)),
+    ):
+        state = {name: tensor.float() for name, tensor in ours.state_dict().items()}
+        theirs.load_state_dict(key_map.to_theirs(state), strict=True)
+        theirs.eval()  # as from_pretrained leaves it
+    return diffusers.StableVideoDiffusionPipeline(
+        vae=None,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=diffusers.EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG),
+        feature_extractor=transformers.CLIPImageProcessor.from_dict(FEATURE_EXTRACTOR_CONFIG),
+    )
+
+
 def apply_dtype_policy(model, reference, dtype: torch.dtype) -> None:
     """Both sides as their pipelines run: UNet and image encoder in `dtype`, the VAE in float32."""
     with quiet_reference():
         for network in (model.unet, model.image_encoder, reference.unet, reference.image_encoder):
             network.to(dtype)
         model.vae.to(torch.float32)
-        reference.vae.to(torch.float32)
+        if reference.vae is not None:  # None: diffusers cannot build this VAE
+            reference.vae.to(torch.float32)
 
 
 @contextmanager

@@ -18,12 +18,13 @@ from ..loading.unet_maps import diffusers_unet_map
 from ..loading.vae_maps import diffusers_vae_map
 from ..model import SVDModel
 from .blocks import DETAILS
-from .components import COMPONENTS, RUNNERS, Setup, conditioning_image
+from .components import COMPONENTS, NEEDS_VAE, RUNNERS, Setup, conditioning_image
 from .reference import (
     adopted_norm_eps,
     apply_dtype_policy,
     build_reference,
     reference_versions,
+    vae_without_counterpart,
 )
 from .report import ComponentResult, ParityReport
 
@@ -156,7 +157,9 @@ class ParityOptions:
         return float(self.tolerances.get(component, DEFAULT_TOLERANCES[self.dtype][component]))
 
     def resolved(self, config: SVDConfig) -> ParityOptions:
-        """Options with every None filled in from `config`, the size checked against the model."""
+        """Options with every None filled in from `config`, the size checked against the model,
+        and the components checked against what diffusers can build of it."""
+        _check_vae_components(self.components, config.name, vae_without_counterpart(config))
         height, width = self.height, self.width
         if height is None or width is None:
             small = max(config.height, config.width) <= MAX_DEFAULT_SIDE
@@ -174,6 +177,19 @@ class ParityOptions:
             )
         frames = self.num_frames or min(config.num_frames, MAX_DEFAULT_FRAMES)
         return dataclasses.replace(self, height=height, width=width, num_frames=frames)
+
+
+def _check_vae_components(components: tuple[str, ...], name: str, problem: str | None) -> None:
+    """ParityError when a component that runs the reference's VAE is asked for and `problem` says
+    why the reference has none; the error names the components that can still be compared."""
+    needing = [c for c in components if c in NEEDS_VAE]
+    if problem is None or not needing:
+        return
+    others = ",".join(c for c in COMPONENTS if c not in NEEDS_VAE)
+    raise ParityError(
+        f"{problem}: {', '.join(needing)} cannot be compared for the {name} model; compare the "
+        f"others with --components {others}"
+    )
 
 
 def size_multiple(config: SVDConfig) -> int:
@@ -283,12 +299,16 @@ def run_parity(
     (svd_core.save in the diffusers layout, then from_pretrained). device: where both run (default
     the model's). Returns a ParityReport; `report.passed` says whether every component is within
     its tolerance. numerics="diffusers" switches our side to diffusers' choices where they differ
-    from the official code (svd_core.parity.differences lists them).
+    from the official code (svd_core.parity.differences lists them). A model whose VAE diffusers
+    cannot build (tiny_demo) compares image_encoder, unet and sampler_step only; asking for a
+    component that runs the VAE raises ParityError.
     """
     options = ParityOptions() if options is None else options
     options = options.resolved(model.config)
     if reference is None:
         reference = build_reference(model)
+    if reference.vae is None:  # a reference given without one
+        _check_vae_components(options.components, model.config.name, "the reference has no VAE")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     reference.to(device)
@@ -309,9 +329,10 @@ def run_parity(
     )
     networks = [
         (model.unet, reference.unet, diffusers_unet_map(cfg.unet)),
-        (model.vae, reference.vae, diffusers_vae_map(cfg.vae)),
         (model.image_encoder, reference.image_encoder, diffusers_clip_map(cfg.image_encoder)),
     ]
+    if reference.vae is not None:
+        networks.append((model.vae, reference.vae, diffusers_vae_map(cfg.vae)))
     results: list[ComponentResult] = []
     with adopted_norm_eps(networks if options.numerics == "diffusers" else []):
         for name in options.components:
