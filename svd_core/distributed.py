@@ -287,7 +287,7 @@ def full_state(state, current: World):
 
 
 def _placed_like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`value` (a full tensor) on the device of `reference`, and sharded as it when it is a DTensor."""
+    """`value` (a full tensor) on the device of `reference`, sharded as it when it is a DTensor."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     if value.shape != reference.shape:

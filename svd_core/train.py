@@ -441,8 +441,9 @@ def train_vae(
     """Train the VAE of `cfg` on MovingShapes clips; write RUN_DIR/vae/{checkpoint,final}.pt.
 
     `device`: "cpu" or "cuda" (cuda:LOCAL_RANK under torchrun); the random draws are made on the
-    CPU whatever the device, so a run does not depend on it beyond round-off. Returns {"scaling_factor", "losses", "step_times"}. final.pt holds the EMA weights and `cfg` with
-    the measured scaling_factor; the UNet stage reads it.
+    CPU whatever the device, so a run does not depend on it beyond round-off. Returns
+    {"scaling_factor", "losses", "step_times"}. final.pt holds the EMA weights and `cfg` with the
+    measured scaling_factor; the UNet stage reads it.
     """
     stage_dir = Path(run_dir) / "vae"
     torch.manual_seed(tc.seed)

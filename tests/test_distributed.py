@@ -351,7 +351,7 @@ train.train_unet(
 
 @pytest.fixture(scope="module")
 def fsdp_runs(runs, tmp_path_factory) -> dict[str, Path]:
-    """The UNet stage with FSDP on 2 ranks: a first step, and a second step of the one-process run."""
+    """The UNet stage with FSDP on 2 ranks: a first step, and the one-process run's second step."""
     folder = tmp_path_factory.mktemp("fsdp")
     first, resumed = folder / "first", folder / "resumed"
     shutil.copytree(runs["single"] / "vae", first / "vae")  # the one-process run's VAE
