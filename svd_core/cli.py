@@ -109,6 +109,9 @@ def _add_train_parser(commands) -> None:
         stage.add_argument("--checkpoint-every", type=int, default=None, help="steps")
         stage.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
         stage.add_argument("--quiet", action="store_true", help="no progress bar")
+        stage.add_argument(
+            "--device", default="cpu", help="cpu or cuda (cuda:LOCAL_RANK per rank under torchrun)"
+        )
         if name == "vae":
             stage.add_argument("--crop-size", type=int, default=None, help="0 = whole frames")
             stage.add_argument(
@@ -126,6 +129,12 @@ def _add_train_parser(commands) -> None:
             )
             stage.add_argument(
                 "--gradient-checkpointing", action="store_true", help="less memory, slower"
+            )
+            stage.add_argument(
+                "--fsdp",
+                action="store_true",
+                help="under torchrun: shard the UNet and image encoder over the ranks (FSDP) "
+                "instead of replicating them (DDP); same checkpoints",
             )
     export = stages.add_parser("export", help="write a run's EMA weights as one .safetensors file")
     export.add_argument("run_dir", help="run folder with vae/ and unet/")
@@ -272,13 +281,22 @@ def _train(args: argparse.Namespace) -> int:
     if args.stage == "vae":
         tc = dataclasses.replace(train.VAETrainConfig(), **given)
         cfg = _config(args) or getattr(SVDConfig, args.preset)()
-        result = train.train_vae(args.out, cfg, tc, resume=args.resume, progress=not args.quiet)
+        result = train.train_vae(
+            args.out, cfg, tc, resume=args.resume, progress=not args.quiet, device=args.device
+        )
         extra = f", scaling_factor {result['scaling_factor']:.4f}"
     else:
         given["train_image_encoder"] = not args.freeze_image_encoder
         given["gradient_checkpointing"] = args.gradient_checkpointing
         tc = dataclasses.replace(train.UNetTrainConfig(), **given)
-        result = train.train_unet(args.out, tc, resume=args.resume, progress=not args.quiet)
+        result = train.train_unet(
+            args.out,
+            tc,
+            resume=args.resume,
+            progress=not args.quiet,
+            device=args.device,
+            fsdp=args.fsdp,
+        )
         extra = ""
     times, losses = result["step_times"], result["losses"]
     if times:

@@ -8,12 +8,18 @@ returns the one-process world, so every caller runs the same code with or withou
 Sharding is by position: rank r of W takes the items r, r + W, r + 2W, ... (`shard`), and a global
 training batch of B samples is split in W equal consecutive slices (`batch_slice`), so which
 sample a rank works on is a function of the global index, never of the world size alone.
+
+Training wraps the trained modules in DDP (`data_parallel`: every rank holds all weights) or FSDP
+(`fully_sharded`: every rank holds 1/W of the weights, gradients and optimizer state). Either way
+checkpoints hold full, unsharded CPU tensors (`full_state`, read back with `placed_like` and
+`optimizer_state_like`), so a checkpoint resumes at any world size, with or without FSDP.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,7 +32,7 @@ Item = TypeVar("Item")
 
 
 class DistributedError(ValueError):
-    """A torchrun environment or a world size that the job cannot work with."""
+    """A torchrun environment, world size or device that the job cannot work with."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,56 @@ def init_from_env(device: str = "cpu") -> World:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
     atexit.register(shutdown)
     return world()
+
+
+def check_device(device: str) -> None:
+    """Raise DistributedError unless `device` ("cpu", "cuda" or "cuda:N") exists on this machine.
+
+    Under torchrun (WORLD_SIZE > 1) a GPU is asked for as plain "cuda": each rank then uses
+    cuda:LOCAL_RANK, which must exist.
+    """
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    available = ", ".join(["cpu", *(["cuda"] if gpus else []), *(f"cuda:{i}" for i in range(gpus))])
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise DistributedError(f"unknown device {device!r}; available here: {available}")
+    if parsed.type == "cpu":
+        return
+    if not gpus:
+        raise DistributedError(
+            f"device {device!r} asked for, but this machine has no CUDA GPU "
+            f"(torch.cuda.is_available() is False); available here: {available}"
+        )
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if under_torchrun and parsed.index is not None:
+        raise DistributedError(
+            f"device {device!r} under torchrun: pass --device cuda, each rank then uses "
+            "cuda:LOCAL_RANK (torchrun --nproc-per-node N for N GPUs)"
+        )
+    index = parsed.index if parsed.index is not None else 0
+    if under_torchrun:
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+    if index >= gpus:
+        where = f"LOCAL_RANK {index} needs cuda:{index}" if under_torchrun else f"{device!r}"
+        raise DistributedError(
+            f"device {where}, but this machine has {gpus} CUDA GPU(s); available here: "
+            f"{available}"
+            + (" (use --nproc-per-node at most the GPU count)" if under_torchrun else "")
+        )
+
+
+def init_for_device(device: str = "cpu") -> tuple[World, str]:
+    """Check `device`, join torchrun's process group for it; return (World, this rank's device).
+
+    The group is nccl for "cuda" (each rank on cuda:LOCAL_RANK), gloo for "cpu"; without torchrun
+    it is the one-process World and `device` itself.
+    """
+    check_device(device)
+    current = init_from_env(device)
+    return current, device_for(device, current)
 
 
 def shutdown() -> None:
@@ -141,7 +197,12 @@ class _CallLoss(torch.nn.Module):
         self.trained = trained
 
     def forward(self, loss_function, *args) -> torch.Tensor:
-        return loss_function(*args)
+        with warnings.catch_warnings():
+            # FSDP warns that the UNet returns a view ((B*F, ...) -> (B, F, ...)): an in-place op
+            # on it would skip its backward hook. The training losses use it out of place only
+            # (and the FSDP tests compare the gradients with one process's).
+            warnings.filterwarnings("ignore", "FSDP2-wrapped module .* returned a view tensor")
+            return loss_function(*args)
 
 
 def data_parallel(trained: torch.nn.Module, current: World):
@@ -162,6 +223,126 @@ def data_parallel(trained: torch.nn.Module, current: World):
         _CallLoss(trained), device_ids=[device.index] if device.type == "cuda" else None
     )
     return wrapped
+
+
+def fully_sharded(trained: torch.nn.Module, units: Sequence[torch.nn.Module], current: World):
+    """FSDP (FSDP2, `torch.distributed.fsdp.fully_shard`) of `trained` over the ranks.
+
+    Each module of `units`, innermost first, becomes one FSDP unit: its parameters (but those of
+    inner units) are split along dim 0 into world_size shards, rank r keeping shard r; the unit
+    all-gathers them just before its forward, frees them after it, gathers them again for its
+    backward and reduce-scatters the gradients (their mean over the ranks, as DDP). So a rank holds
+    1/W of the weights, gradients and AdamW state, plus about one unit's full weights at a time. A
+    root unit around `trained` takes whatever no unit holds.
+
+    Returns `forward(loss_function, *args)`, as `data_parallel` does. Afterwards the parameters
+    of `trained` (and so its state_dict, and an optimizer or EMA made from them) are DTensors,
+    this rank's shards; `full_state` gathers them, `placed_like` scatters full tensors back.
+    Works with gloo on CPU and nccl on CUDA. Without a process group there is nothing to shard:
+    it returns `data_parallel`'s plain call.
+    """
+    if not current.distributed:
+        return data_parallel(trained, current)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    inside = set(trained.modules())
+    outside = [type(unit).__name__ for unit in units if unit not in inside]
+    if outside:
+        raise DistributedError(
+            f"FSDP units must be modules of the trained module; not found in it: {outside}"
+        )
+    device = next(trained.parameters()).device
+    mesh = init_device_mesh(device.type, (current.world_size,))
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    root = _CallLoss(trained)
+    fully_shard(root, mesh=mesh)
+    return root
+
+
+def full_state(state, current: World):
+    """`state` (nested dicts/lists of tensors, e.g. a state_dict) with full, unsharded CPU tensors.
+
+    Every rank must call it (the shards of each DTensor are all-gathered, one tensor at a time);
+    rank 0 gets the result, the other ranks None, so only the writer of the checkpoint holds a full
+    copy. Plain tensors are copied to the CPU (no copy when already there).
+    """
+    from torch.distributed.tensor import DTensor
+
+    def gather(value):
+        if isinstance(value, dict):
+            return {k: gather(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(gather(v) for v in value)
+        if isinstance(value, DTensor):
+            value = value.full_tensor()  # collective: every rank, same order
+            return value.cpu() if current.is_main else None
+        if isinstance(value, torch.Tensor):
+            return value.cpu() if current.is_main else None
+        return value
+
+    gathered = gather(state)
+    return gathered if current.is_main else None
+
+
+def _placed_like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`value` (a full tensor) on the device of `reference`, sharded as it when it is a DTensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if value.shape != reference.shape:
+        raise DistributedError(
+            f"a checkpoint tensor of shape {tuple(value.shape)} for a tensor of shape "
+            f"{tuple(reference.shape)}; the checkpoint is of another model"
+        )
+    if isinstance(reference, DTensor):
+        # Every rank read the same full tensor: each takes its own shard, no communication.
+        value = value.to(reference.device)
+        return distribute_tensor(
+            value, reference.device_mesh, reference.placements, src_data_rank=None
+        )
+    return value.to(reference.device)
+
+
+def placed_like(
+    full: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Full tensors (from a checkpoint) placed as `reference`'s tensors of the same names.
+
+    On their device; this rank's shard where the reference is a DTensor (under FSDP).
+    """
+    if full.keys() != reference.keys():
+        missing, unexpected = reference.keys() - full.keys(), full.keys() - reference.keys()
+        raise DistributedError(
+            f"checkpoint entries do not match the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    return {name: _placed_like(value, reference[name]) for name, value in full.items()}
+
+
+def optimizer_state_like(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A full `optimizer.state_dict()` (from a checkpoint), ready for `optimizer.load_state_dict`.
+
+    Each per-element state tensor (AdamW's exp_avg, exp_avg_sq: the shape of its parameter) is
+    placed like its parameter, so under FSDP each rank loads its shard; AdamW's `step` count is
+    a scalar that every rank keeps whole.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(saved["state"]) > len(params):
+        raise DistributedError(
+            f"the checkpoint's optimizer has state for {len(saved['state'])} parameters, "
+            f"this optimizer has {len(params)}; the checkpoint is of another model"
+        )
+    state = {
+        index: {
+            name: _placed_like(value, params[index])
+            if name != "step" and isinstance(value, torch.Tensor) and value.ndim > 0
+            else value
+            for name, value in entry.items()
+        }
+        for index, entry in saved["state"].items()
+    }
+    return {**saved, "state": state}
 
 
 def gather_objects(value, current: World) -> list:

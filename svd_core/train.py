@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .clip import VisionBlock
 from .conditioning import Conditioning, conditioned_network, encode_conditioning
 from .config import SVDConfig
 from .io import atomic_file
@@ -51,7 +52,7 @@ from .loading import save
 from .model import SVDModel
 from .nn import ResBlock
 from .sampling import denoise_v_prediction
-from .unet import SpatioTemporalTransformer, UNet
+from .unet import SpatioTemporalResBlock, SpatioTemporalTransformer, UNet
 from .vae import VAE, AttentionBlock
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -323,19 +324,22 @@ def fit(
     resume: bool,
     progress: bool = True,
     description: str = "train",
+    fsdp_units: list[nn.Module] | None = None,
 ) -> dict[str, Any]:
     """The training loop of one stage: steps, progress bar, checkpoints, resume.
 
     `batch_loss(step, generator)` returns the loss of the step's batch. `extra` (configs) is stored
-    in every checkpoint. Returns {"ema": EMA, "losses": [...], "step_times": [...]}
-    for the steps run here.
+    in every checkpoint. Under torchrun `trained` is wrapped in DDP, or sharded with FSDP when
+    `fsdp_units` lists its FSDP units (see distributed.fully_sharded); then the optimizer and the
+    EMA hold this rank's shards (the EMA is elementwise, so averaging shards is averaging the full
+    weights). Checkpoints hold full, unsharded tensors either way, so a run resumes at any world
+    size, with or without FSDP. Returns {"ema": EMA, "losses": [...], "step_times": [...]} for the
+    steps run here.
     """
-    current = distributed.world()  # under torchrun: DDP, the batch split by the stage's batch_loss
+    current = distributed.world()  # the batch is split by the stage's batch_loss
     stage_dir.mkdir(parents=True, exist_ok=True)
     path = stage_dir / CHECKPOINT_NAME
-    optimizer = make_optimizer(trained, tc)
-    ema = EMA(trained, tc.ema_decay)
-    start = 0
+    saved, start = None, 0
     if path.exists() and not resume:
         raise TrainingError(
             f"{str(path)!r} exists; pass --resume to continue that run or choose another --out"
@@ -343,13 +347,19 @@ def fit(
     if path.exists():
         saved = load_checkpoint(path)
         _check_resumable(saved["train_config"], tc)
-        trained.load_state_dict(saved["model"])
-        ema.state = saved["ema"]
-        optimizer.load_state_dict(saved["optimizer"])
+        trained.load_state_dict(saved["model"])  # full tensors, before any sharding
         torch.set_rng_state(saved["torch_rng"])
         start = saved["step"]
-    # Checkpoints hold `trained`'s own (unwrapped) state, so any world size resumes them.
-    forward = distributed.data_parallel(trained, current)
+    if fsdp_units is not None:
+        forward = distributed.fully_sharded(trained, fsdp_units, current)
+    else:
+        forward = distributed.data_parallel(trained, current)
+    # After sharding: under FSDP the optimizer and the EMA are over this rank's shards.
+    optimizer = make_optimizer(trained, tc)
+    ema = EMA(trained, tc.ema_decay)
+    if saved is not None:
+        ema.state = distributed.placed_like(saved["ema"], ema.state)
+        optimizer.load_state_dict(distributed.optimizer_state_like(saved["optimizer"], optimizer))
     losses, step_times = [], []
     quiet = not progress or not current.is_main  # one bar, on rank 0
     bar = tqdm(
@@ -371,10 +381,10 @@ def fit(
         step_times.append(time.perf_counter() - began)
         bar.set_postfix(loss=f"{loss:.4f}", s_per_step=f"{step_times[-1]:.2f}")
         if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
-            state = {
-                "model": trained.state_dict(),
-                "ema": ema.state,
-                "optimizer": optimizer.state_dict(),
+            state = {  # full CPU tensors on rank 0 (gathered from the shards under FSDP)
+                "model": distributed.full_state(trained.state_dict(), current),
+                "ema": distributed.full_state(ema.state, current),
+                "optimizer": distributed.full_state(optimizer.state_dict(), current),
                 "step": step + 1,
                 "samples_seen": (step + 1) * tc.batch_size,  # the global sample counter
                 "torch_rng": torch.get_rng_state(),
@@ -476,6 +486,7 @@ def measure_latent_std(vae: VAE, dataset, num_frames: int, batch_size: int = 8) 
     latents, seen, index = [], 0, 0
     while seen < num_frames:
         frames = clips_batch(dataset, index, batch_size)["frames"].flatten(0, 1)  # (B*F, 3, H, W)
+        frames = frames.to(next(vae.parameters()).device)
         latents.append(vae.encode(frames[: num_frames - seen]).flatten())
         seen += min(frames.shape[0], num_frames - seen)
         index += batch_size
@@ -488,25 +499,28 @@ def train_vae(
     tc: VAETrainConfig,
     resume: bool = False,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train the VAE of `cfg` on MovingShapes clips; write RUN_DIR/vae/{checkpoint,final}.pt.
 
-    Returns {"scaling_factor", "losses", "step_times"}. final.pt holds the EMA weights and `cfg` with
-    the measured scaling_factor; the UNet stage reads it.
+    `device`: "cpu" or "cuda" (cuda:LOCAL_RANK under torchrun); the random draws are made on the
+    CPU whatever the device, so a run does not depend on it beyond round-off. Returns
+    {"scaling_factor", "losses", "step_times"}. final.pt holds the EMA weights and `cfg` with the
+    measured scaling_factor; the UNet stage reads it.
     """
     stage_dir = Path(run_dir) / "vae"
     torch.manual_seed(tc.seed)
     trained = nn.ModuleDict({"vae": init_for_training(VAE(cfg.vae))})
     dataset = moving_shapes(cfg, "train", tc.data_seed)
 
-    current = distributed.init_from_env()  # under torchrun: joins its process group (gloo)
+    current, device = distributed.init_for_device(device)  # under torchrun: joins its group
+    trained.to(device)
     offset, count = distributed.batch_slice(tc.batch_size, current)
 
     def batch_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         frames = clips_batch(dataset, step * tc.batch_size, tc.batch_size)["frames"]
-        frames = random_crop(
-            random_window(frames, tc.clip_frames, generator), tc.crop_size, generator
-        )
+        frames = random_window(frames, tc.clip_frames, generator)
+        frames = random_crop(frames, tc.crop_size, generator).to(device)
         if not current.distributed:
             return vae_loss(trained["vae"], frames, tc, generator)[0]
         # Under torchrun every rank draws the crops of the whole global batch (cheap) and trains on
@@ -561,7 +575,8 @@ def encode_pool(
     ):
         batch = clips_batch(dataset, start, min(batch_size, pool_size - start))
         frames = batch["frames"]  # (B, F, 3, H, W)
-        latents = vae.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
+        encoded = vae.encode(frames.flatten(0, 1).to(next(vae.parameters()).device)).cpu()
+        latents = encoded.unflatten(0, frames.shape[:2])
         parts["latents"].append(latents * scaling_factor)
         parts["first_frame"].append(frames[:, 0])
         parts["fps"].append(batch["fps"].float())
@@ -607,6 +622,10 @@ def unet_loss(
     keep = (torch.rand(total, generator=generator) >= tc.cond_dropout)[mine]  # False: uncond.
     noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine]
     cond_noise = torch.randn((total, *first_frame.shape[1:]), generator=generator)[mine]
+    # Drawn on the CPU generator whatever the device, so a run does not depend on the device.
+    sigma, cond_aug, keep, noise, cond_noise = (
+        t.to(x0.device) for t in (sigma, cond_aug, keep, noise, cond_noise)
+    )
 
     # The conditioning exactly as at sampling time, with gradients into the image encoder: CLIP
     # sees the clean frame, the frozen VAE the noisy one (mode, unscaled).
@@ -668,7 +687,7 @@ def _pool(
     key = {
         "pool_size": tc.pool_size,
         "data_seed": tc.data_seed,
-        "vae_fingerprint": sum(p.double().abs().sum().item() for p in vae.parameters()),
+        "vae_fingerprint": sum(p.cpu().double().abs().sum().item() for p in vae.parameters()),
         "scaling_factor": model.config.vae.scaling_factor,
     }
     path = run_dir / "unet" / POOL_NAME
@@ -685,21 +704,45 @@ def _pool(
     return pool
 
 
+def unet_stage_fsdp_units(model: SVDModel) -> list[nn.Module]:
+    """The FSDP units of the UNet stage, innermost first (see distributed.fully_sharded).
+
+    One unit per res block and per transformer of the UNet (a spatial/temporal pair with its
+    blend: the largest, at svd_xt's size, holds 100 M parameters of the UNet's 1.5 B), one per
+    ViT block of the image encoder; then each network, whose unit holds the rest (embeddings,
+    conv_in/conv_out, down/upsampling convs, the ViT's patch embedding and projection).
+    """
+    blocks = (SpatioTemporalResBlock, SpatioTemporalTransformer)
+    unet_blocks = [m for m in model.unet.modules() if isinstance(m, blocks)]
+    vit_blocks = [m for m in model.image_encoder.modules() if isinstance(m, VisionBlock)]
+    return [*unet_blocks, model.unet, *vit_blocks, model.image_encoder]
+
+
 def train_unet(
-    run_dir: str | Path, tc: UNetTrainConfig, resume: bool = False, progress: bool = True
+    run_dir: str | Path,
+    tc: UNetTrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    fsdp: bool = False,
 ) -> dict[str, Any]:
     """Train the UNet (and the image encoder) against the VAE in RUN_DIR/vae; write RUN_DIR/unet/.
 
+    `device`: "cpu" or "cuda" (cuda:LOCAL_RANK under torchrun); the draws are made on the CPU
+    whatever the device. `fsdp`: under torchrun, shard the UNet and the image encoder with FSDP
+    (`unet_stage_fsdp_units`) instead of replicating them with DDP; the same steps up to float
+    round-off, the same checkpoints. One process has nothing to shard and trains unwrapped.
     Returns {"losses", "step_times"}.
     """
     run_dir = Path(run_dir)
-    model = unet_stage_model(run_dir, tc)
-    current = distributed.init_from_env()  # under torchrun: joins its process group (gloo)
+    current, device = distributed.init_for_device(device)  # under torchrun: joins its group
+    model = unet_stage_model(run_dir, tc).to(device)
     if not current.is_main:  # rank 0 encodes and writes the pool, the others read it
         distributed.barrier(current)
     pool = _pool(run_dir, model, tc, progress and current.is_main)
     if current.is_main:
         distributed.barrier(current)
+    pool = {k: v.to(device) for k, v in pool.items()}
     trained = nn.ModuleDict({"unet": model.unet, "image_encoder": model.image_encoder})
 
     offset, count = distributed.batch_slice(tc.batch_size, current)
@@ -712,7 +755,8 @@ def train_unet(
         return unet_loss(model, {k: v[rows] for k, v in pool.items()}, tc, generator, part)[0]
 
     extra = {"svd_config": model.config.to_dict()}
-    result = fit(run_dir / "unet", trained, batch_loss, tc, extra, resume, progress, "unet")
+    units = unet_stage_fsdp_units(model) if fsdp else None
+    result = fit(run_dir / "unet", trained, batch_loss, tc, extra, resume, progress, "unet", units)
     return {"losses": result["losses"], "step_times": result["step_times"]}
 
 

@@ -284,10 +284,13 @@ class LatentPosterior:
         return self.mean
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A latent drawn from the posterior (for training)."""
+        """A latent drawn from the posterior (for training), with the noise drawn on the generator's
+        device (a CPU generator gives the same draws whatever the device of the latent)."""
+        device = generator.device if generator is not None else self.mean.device
         noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+            self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype
         )
+        noise = noise.to(self.mean.device)
         return self.mean + torch.exp(0.5 * self.logvar) * noise
 
 

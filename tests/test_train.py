@@ -383,11 +383,12 @@ def test_cli_trains_both_stages_and_exports(tmp_path, capsys):
     config = tmp_path / "config.json"
     small_config().to_json(config)
     out = tmp_path / "run"
-    common = ["--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"]
+    common = ["--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet", "--device", "cpu"]
     vae = ["train", "vae", *common, "--config", str(config), "--crop-size", "16"]
     assert svd_core.cli.main(vae) == 0
     assert "vae: 2 steps" in capsys.readouterr().out
-    assert svd_core.cli.main(["train", "unet", *common, "--pool-size", "4"]) == 0
+    # --fsdp in one process: nothing to shard, it trains unwrapped (FSDP: tests/test_distributed.py)
+    assert svd_core.cli.main(["train", "unet", *common, "--pool-size", "4", "--fsdp"]) == 0
     assert "unet: 2 steps" in capsys.readouterr().out
     # Again without --resume: one-line error, exit code 2, the checkpoint untouched.
     assert svd_core.cli.main(["train", "unet", *common, "--pool-size", "4"]) == 2
