@@ -369,7 +369,7 @@ def test_detail_levels_choose_the_blocks(model, reference):
     )
     assert skipped == [] and len(pairs) == len(fine)
     notes = {pair.ours: pair.note for pair in pairs}
-    assert "(B·H·W, F, C) → (B·F, H·W, C)" in notes["encoder.0.transformers.0.temporal_blocks.0"]
+    assert "(B, H·W, F, C) → (B·F, H·W, C)" in notes["encoder.0.transformers.0.temporal_blocks.0"]
     assert "(B, C, F, H, W)" in notes["encoder.0.res_blocks.0.blend"]
     assert notes["encoder.0.transformers.0.blend"] == ""  # same layout on both sides
 
