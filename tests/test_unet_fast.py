@@ -200,6 +200,22 @@ def test_conv_over_frames_equals_conv3d_and_its_gradients(frames, kernel, bias):
         assert (g - e).abs().max() <= BLOCK_ATOL
 
 
+@pytest.mark.parametrize(
+    "kernel, padding, stride",
+    [
+        ((3, 1, 1), (0, 0, 0), 1),
+        ((3, 1, 1), (1, 0, 0), 2),
+        ((2, 1, 1), (1, 0, 0), 1),
+        ((3, 3, 3), 1, 1),
+    ],
+)
+def test_conv_over_frames_rejects_a_conv_of_another_geometry(kernel, padding, stride):
+    """Only a conv over frames with 'same' zero padding is a sum of shifted matrix products."""
+    conv = torch.nn.Conv3d(6, 10, kernel, padding=padding, stride=stride)
+    with pytest.raises(ValueError, match=r"needs a Conv3d of odd kernel \(k, 1, 1\).*got kernel"):
+        conv_over_frames(conv, torch.randn(2, 6, 5, 3, 4))
+
+
 # ---- blend ---------------------------------------------------------------------------------------
 
 

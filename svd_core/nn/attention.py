@@ -11,10 +11,12 @@ from torch.nn import functional as F
 def reads_one_key(context: torch.Tensor | None) -> bool:
     """True when `Attention` answers without its queries: one context token, no gradient recorded.
 
-    Softmax over a single key is exactly 1, so every query receives that key's value:
-    attention(x, context) = to_out(to_v(context)), whatever x. With gradients recorded the full
-    computation runs instead, so that to_q and to_k still get their (zero) gradients: AdamW's weight
-    decay and DistributedDataParallel expect every parameter to have one.
+    Softmax over a single key is exactly 1 (for a finite score: finite x and weights), so every
+    query receives that key's value: attention(x, context) = to_out(to_v(context)), whatever x.
+    This holds because `Attention` takes no mask and no attention dropout; one that gains either
+    must not take this path. With gradients recorded the full computation runs instead, so that
+    to_q and to_k still get their (zero) gradients: AdamW's weight decay and
+    DistributedDataParallel expect every parameter to have one.
     """
     return context is not None and context.shape[-2] == 1 and not torch.is_grad_enabled()
 
@@ -33,6 +35,9 @@ class Attention(nn.Module):
     `context` broadcast against those of x: the temporal blocks pass one (B, 1, S, D) context for
     their (B, H*W, F, C) pixel columns. Queries, keys and values have no bias in the UNet (both
     references); the VAE's single-head attention uses `qkv_bias=True`.
+
+    With one context token and no gradient recorded (`reads_one_key`) the result is one row per
+    context broadcast to x's shape, a view that must not be written into in place.
     """
 
     def __init__(

@@ -19,6 +19,16 @@ def conv_over_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     (torch 2.14, oneDNN) it is 1.5x faster than Conv3d at 320 channels and 32x32 pixels, 1.3x at
     640 channels and 16x16, and about as fast at 1280 channels and 8x8 or fewer pixels.
     """
+    kernel = conv.kernel_size[0]
+    expected = ((kernel, 1, 1), (kernel // 2, 0, 0), (1, 1, 1), (1, 1, 1), 1, "zeros")
+    given = (conv.kernel_size, conv.padding, conv.stride, conv.dilation, conv.groups)
+    if kernel % 2 == 0 or given + (conv.padding_mode,) != expected:
+        raise ValueError(
+            f"conv_over_frames: needs a Conv3d of odd kernel (k, 1, 1), zero padding (k // 2, 0, 0), "
+            f"stride 1, dilation 1, one group; got kernel {conv.kernel_size}, padding "
+            f"{conv.padding} ({conv.padding_mode}), stride {conv.stride}, dilation "
+            f"{conv.dilation}, groups {conv.groups}"
+        )
     batch, _, frames, height, width = x.shape
     pixels = height * width
     taps = conv.weight[:, :, :, 0, 0].permute(2, 0, 1).contiguous()  # (k, C_out, C_in)
@@ -47,8 +57,9 @@ class ResBlock(nn.Module):
 
     Spatial (`temporal=False`): x (N, C_in, H, W), emb (N, E) or None -> (N, C_out, H, W), 3x3 convs.
     Temporal (`temporal=True`): x (B, C_in, F, H, W), emb (B, F, E) or None -> (B, C_out, F, H, W),
-    convs with kernel (kernel_size, 1, 1): they mix frames only, never pixels. The official code calls
-    this the `time_stack` of a video res block; diffusers `TemporalResnetBlock`.
+    convs with kernel (kernel_size, 1, 1): they mix frames only, never pixels, and run as matrix
+    products over shifted frames (`conv_over_frames`, the same as the Conv3d up to round-off). The
+    official code calls this the `time_stack` of a video res block; diffusers `TemporalResnetBlock`.
 
     `emb_channels=None` gives the embedding-free block of the VAE. The skip is a 1x1 conv when the
     channel count changes, the identity otherwise.
