@@ -375,7 +375,10 @@ def _add_parity_parser(commands) -> None:
     )
     parity.add_argument("--against", default="diffusers", help="reference (only: diffusers)")
     parity.add_argument(
-        "--dtype", default="float32", help="UNet and image encoder: float32, float16, bfloat16"
+        "--dtype",
+        default="float32",
+        help="UNet and image encoder: float32, float16, bfloat16, or float64 (network components "
+        "only: image_encoder, vae_encode, unet, vae_decode)",
     )
     parity.add_argument(
         "--size", default=None, help="HEIGHTxWIDTH (default: the model's, 128x128 at full size)"

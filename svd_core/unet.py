@@ -29,7 +29,7 @@ feeds every cross-attention.
 from __future__ import annotations
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
@@ -95,8 +95,9 @@ class SpatioTemporalTransformer(nn.Module):
 
     Before each temporal block a sinusoidal embedding of the frame index (0..F-1, through a small
     MLP) is added. The temporal blocks cross-attend to the context of each clip's first frame (the
-    official `use_spatial_context`: `context[::num_frames]`, one copy per pixel); SVD repeats one
-    context over the frames, so this is the same image embedding the spatial blocks see.
+    official `use_spatial_context`: `context[::num_frames]`, one copy per pixel; here one copy per
+    clip, which `Attention` broadcasts over the pixels); SVD repeats one context over the frames,
+    so this is the same image embedding the spatial blocks see.
     """
 
     def __init__(self, channels: int, cfg: UNetConfig) -> None:
@@ -122,9 +123,8 @@ class SpatioTemporalTransformer(nn.Module):
     ) -> torch.Tensor:
         batch, num_frames = image_only_indicator.shape
         height, width = x.shape[-2:]
-        # (B*F, N, D) -> (B*H*W, N, D): the first frame's context, once per pixel column
-        first_context = rearrange(context, "(b f) n d -> b f n d", f=num_frames)[:, 0]
-        time_context = repeat(first_context, "b n d -> (b s) n d", s=height * width)
+        # (B*F, N, D) -> (B, 1, N, D): the first frame's context, broadcast over the pixel columns
+        time_context = rearrange(context, "(b f) n d -> b f n d", f=num_frames)[:, :1]
 
         # (B*F, C, H, W) -> (B*F, H*W, C): tokens are pixels
         h = self.proj_in(rearrange(self.norm(x), "n c h w -> n (h w) c"))
@@ -136,10 +136,10 @@ class SpatioTemporalTransformer(nn.Module):
             self.spatial_blocks, self.temporal_blocks, strict=True
         ):
             h = spatial_block(h, context)
-            # (B*F, H*W, C) -> (B*H*W, F, C): tokens are frames
-            t = rearrange(h + frame_emb, "(b f) s c -> (b s) f c", f=num_frames)
+            # (B*F, H*W, C) -> (B, H*W, F, C): tokens are frames, one sequence per pixel column
+            t = rearrange(h + frame_emb, "(b f) s c -> b s f c", f=num_frames).contiguous()
             t = temporal_block(t, time_context)
-            t = rearrange(t, "(b s) f c -> (b f) s c", b=batch)
+            t = rearrange(t, "b s f c -> (b f) s c")
             h = self.blend(h, t, image_only_indicator)
 
         # (B*F, H*W, C) -> (B*F, C, H, W)
@@ -286,6 +286,10 @@ class UNet(nn.Module):
 
     `gradient_checkpointing=True` recomputes every res block and transformer in the backward pass
     instead of keeping its activations (training only; the result is the same).
+
+    When no gradient is recorded (inference), the cross-attentions to a one-token context (SVD's
+    image embedding) skip their queries and keys, and the feed-forwards work in place
+    (`nn.attention.reads_one_key`, `nn.GEGLUFeedForward`): the same result up to float round-off.
     """
 
     def __init__(self, cfg: UNetConfig, gradient_checkpointing: bool = False) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import svd_core
-from benchmarks import bench_loading, common
+from benchmarks import bench_loading, bench_unet, common
 from benchmarks.make_weights import diffusers_path, make_weights, official_path
 from svd_core import SVDConfig
 from svd_core.loading import save
@@ -166,3 +166,86 @@ def test_median_table_results_and_readme_helpers(tmp_path):
     readme.write_text(readme.read_text() + "after\n")
     common.update_readme("s", "three", readme)
     assert readme.read_text() == "before\n\n<!-- s:begin -->\nthree\n<!-- s:end -->\nafter\n"
+
+
+# ---- bench_unet ----------------------------------------------------------------------------------
+
+# Whole tiny UNet in float32 against diffusers, as max |a - b| / max |b|: round-off through the
+# network (the bound of the UNet parity tests, tests/test_unet_fast.py).
+UNET_RTOL = 1e-5
+TINY_SHAPE = {"preset": "tiny", "height": 8, "width": 8, "batch": 2, "frames": 3}
+
+
+def test_bench_unet_measurements_at_tiny_size(tmp_path):
+    outputs = {lib: str(tmp_path / f"{lib}.pt") for lib in bench_unet.LIBRARIES}
+    for library, output in outputs.items():
+        measured = bench_unet.measure_forward(library, **TINY_SHAPE, warmup=1, output=output)
+        assert set(measured) == {"seconds", "build_s", "warmup_s", "threads"}
+        assert measured["seconds"] > 0 and measured["threads"] == torch.get_num_threads()
+    saved = torch.load(outputs["svd_core"])
+    assert saved.shape == (2, 3, SVDConfig.tiny().unet.out_channels, 8, 8)
+    error = bench_unet.output_error(outputs["svd_core"], outputs["diffusers"])
+    print(f"\ntiny UNet, svd_core vs diffusers: {error}")
+    assert 0 <= error["relative"] < UNET_RTOL
+    assert error["max_abs"] == pytest.approx(
+        (saved.double() - torch.load(outputs["diffusers"]).double()).abs().max().item()
+    )
+
+    flops = {lib: bench_unet.measure_flops(lib, **TINY_SHAPE)["flops"] for lib in outputs}
+    # svd_core skips the queries and keys of attention to one token: strictly less work.
+    assert 0 < flops["svd_core"] < flops["diffusers"]
+    peak = bench_unet.measure_matmul_peak(size=64, repeats=2)
+    assert peak["size"] == 64 and peak["gflops"] > 0
+
+
+def test_bench_unet_rejects_bad_names_and_sizes():
+    with pytest.raises(ValueError, match="library must be one of"):
+        bench_unet.measure_forward("jax", **TINY_SHAPE)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        bench_unet.unet_config("svd_huge")
+    assert bench_unet.parse_latent(" 40x72 ") == (40, 72)
+    for text in ("40", "40x", "0x8", "axb"):
+        with pytest.raises(ValueError, match="HEIGHTxWIDTH in latent pixels"):
+            bench_unet.parse_latent(text)
+
+
+def test_bench_unet_end_to_end_writes_results_and_the_readme_table(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# benchmarks\n\nIntro that must stay.\n")
+    argv = ["--preset", "tiny", "--latent", "8x8", "--batch", "2", "--frames", "3", "--runs", "1",
+            "--warmup", "0", "--threads", "1", "--peak-size", "64", "--results-dir",
+            str(tmp_path / "results"), "--readme", str(readme), "--machine", "testbox"]  # fmt: skip
+    data = bench_unet.main(argv)
+
+    row = data["rows"]["8x8"]
+    assert row["command"] == (
+        "python benchmarks/bench_unet.py --latent 8x8 --runs 1 --warmup 0 --threads 1 --frames 3 "
+        "--preset tiny"
+    )
+    for library in bench_unet.LIBRARIES:
+        side = row[library]
+        assert len(side["runs"]) == 1 and side["seconds"] == side["runs"][0]["seconds"] > 0
+        assert side["flops"] > 0
+        assert side["fraction_of_peak"] == pytest.approx(
+            side["flops"] / side["seconds"] / 1e9 / data["peak"]["gflops"]
+        )
+    assert row["speedup"] == row["diffusers"]["seconds"] / row["svd_core"]["seconds"]
+    assert row["error"]["relative"] < UNET_RTOL
+    peak = data["peak"]
+    assert peak["gflops"] == max(peak["before"]["gflops"], peak["after"]["gflops"])
+
+    [results] = (tmp_path / "results").glob("testbox-*.json")
+    stored = json.loads(results.read_text())
+    assert stored["machine"]["threads"] == 1
+    assert set(stored["benchmarks"]["unet_forward"]["rows"]) == {"8x8"}
+
+    text = readme.read_text()
+    assert text.startswith("# benchmarks\n\nIntro that must stay.\n")
+    assert "<!-- unet_forward:begin -->" in text and "<!-- unet_forward:end -->" in text
+    [table_row] = [line for line in text.splitlines() if line.startswith("| 8x8 |")]
+    assert f"`{row['command']}`" in table_row
+
+    again = tmp_path / "again.md"
+    bench_unet.main(["--render-only", str(results), "--readme", str(again)])
+    section = text[text.index("<!-- unet_forward:begin -->") :]
+    assert again.read_text().strip() == section.strip()

@@ -50,6 +50,12 @@ class AlphaBlend(nn.Module):
         second: torch.Tensor,
         image_only_indicator: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        alpha = self.alpha(image_only_indicator).to(first.dtype)
-        alpha = alpha.reshape(-1, *([1] * (first.ndim - 1)))  # broadcast over everything but B*F
-        return alpha * first + (1.0 - alpha) * second
+        shape = (-1, *([1] * (first.ndim - 1)))  # broadcast over everything but B*F
+        alpha = self.alpha(image_only_indicator)
+        alpha = alpha.to(torch.promote_types(alpha.dtype, torch.float32))  # float64 stays
+        # 1 - alpha is formed in float32 before rounding to a half type (as the official code
+        # does with its float32 alpha; diffusers rounds alpha first); the same in float32.
+        first_weight = alpha.to(first.dtype).reshape(shape)
+        second_weight = (1.0 - alpha).to(first.dtype).reshape(shape)
+        # The second product is added in place into the first: the same sum, one tensor less.
+        return (first_weight * first).add_(second_weight * second)

@@ -22,4 +22,12 @@ class GEGLUFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj_in(x).chunk(2, dim=-1)
-        return self.proj_out(value * F.gelu(gate))
+        if torch.is_grad_enabled():
+            # The product is taken in place in GELU's fresh output: one new tensor of the hidden
+            # width instead of two (autograd-safe: GELU's backward reads its input, not its output).
+            hidden = F.gelu(gate).mul_(value)
+        else:
+            # Inference: GELU and the product in place in the projection's gate half, no new
+            # tensor of the hidden width at all (the same values up to float round-off).
+            hidden = torch.ops.aten.gelu_(gate).mul_(value)
+        return self.proj_out(hidden)

@@ -34,7 +34,9 @@ asking for vae_encode, vae_decode or sampling_run is an error that says why.
 
 Precision: --dtype sets the UNet and the image encoder of both sides. The VAE comparisons run both
 VAEs in float32. The sampling run runs each pipeline as it runs: svd_core keeps its VAE and its
-latents in float32, diffusers holds everything in the pipeline's dtype.
+latents in float32, diffusers holds everything in the pipeline's dtype. --dtype float64 compares
+the networks only (--components image_encoder,vae_encode,unet,vae_decode): the UNets then differ
+by float64 round-off, so a difference of definition (an eps, a formula) shows undiluted.
 
 Tolerances are relative (max |ours - ref| / max |ref|), per component and dtype
 (run.DEFAULT_TOLERANCES); --tolerance overrides. Exit codes: 0 every component within its

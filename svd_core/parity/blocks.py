@@ -21,7 +21,7 @@ the order our modules finish running (inner blocks before the block holding them
 implementations lay out one activation differently, ours is rearranged to the reference's layout
 and the row says how:
 - the UNet res blocks' blend: ours (B·F, C, H, W), diffusers' time_mixer (B, C, F, H, W);
-- the temporal transformer blocks: ours (B·H·W, F, C), diffusers (B·F, H·W, C);
+- the temporal transformer blocks: ours (B, H·W, F, C), diffusers (B·F, H·W, C);
 - the frame-position MLP: ours (F, C) once, diffusers (B·F, C), one copy per clip.
 Anything else that still differs in shape is skipped, and so named in the report.
 """
@@ -103,7 +103,7 @@ def _frames_to_channel_major(x: torch.Tensor, batch: int, frames: int) -> torch.
 
 
 def _pixel_columns_to_frames(x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-    return rearrange(x, "(b s) f c -> (b f) s c", b=batch)
+    return rearrange(x, "b s f c -> (b f) s c")
 
 
 def _one_copy_per_clip(x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
@@ -115,7 +115,7 @@ def _adapter(module: nn.Module, parent: nn.Module) -> tuple[Adapter | None, str]
     if isinstance(module, AlphaBlend) and isinstance(parent, unet_module.SpatioTemporalResBlock):
         return _frames_to_channel_major, "ours (B·F, C, H, W) → (B, C, F, H, W)"
     if isinstance(module, TemporalTransformerBlock):
-        return _pixel_columns_to_frames, "ours (B·H·W, F, C) → (B·F, H·W, C)"
+        return _pixel_columns_to_frames, "ours (B, H·W, F, C) → (B·F, H·W, C)"
     if isinstance(module, EmbeddingMLP) and isinstance(
         parent, unet_module.SpatioTemporalTransformer
     ):

@@ -3,24 +3,26 @@
 Where the two references differ, svd_core follows the official numerics (numerics="official"),
 and numerics="diffusers" takes diffusers' choice instead. `svd-core parity --known-differences`
 measures each on the run's model and adds this table to the report. Measured on random tiny
-weights (seed 0, 64x64, 5 frames, 3 steps), float32, one CPU thread, with
+weights (seed 0, 64x64, 5 frames, 3 steps), float32 (the GroupNorm eps in float64, see
+`norm_eps`), one CPU thread, with
 
     svd-core parity --model random:tiny --known-differences
 
 | difference | official (sgm) | diffusers | size on random:tiny | numerics="diffusers" |
 |---|---|---|---|---|
-| GroupNorm eps of UNet res blocks | 1e-5 in all | 1e-6 in the res blocks of its cross-attention down blocks and of all up blocks (52 of 68 norms in tiny) | UNet output 1.9e-4 rel.; 0 with diffusers' eps | adopts diffusers' eps (parity only: the pipeline keeps 1e-5) |
+| GroupNorm eps of UNet res blocks | 1e-5 in all | 1e-6 in the res blocks of its cross-attention down blocks and of all up blocks (52 of 68 norms in tiny) | UNet output 1.9e-4 rel.; 3.5e-15 with diffusers' eps (float64) | adopts diffusers' eps (parity only: the pipeline keeps 1e-5) |
 | CLIP resize | kornia: Gaussian blur only when a side shrinks | always blurs (sigma 0.001 for a growing side: an exact identity) | pixels 0 (upscaling and downscaling) max abs against diffusers' own resize; embedding 0 between our two modes | preprocess "diffusers" (always blur) |
 | scheduler sigmas | EDM schedule in float32 | in float64, rounded to float32 (EulerDiscreteScheduler) | 1.7e-6 max rel. per sigma (4 steps); 0 in float64 | float64 schedule |
 | guidance target | mixes the two denoised estimates | mixes the two network outputs | denoised 6.7e-8 rel. (round-off: D is affine in the output) | guides the output |
-| unconditional half at max guidance <= 1 | always runs both halves, scale 1 | runs the conditional half only | denoised 3.9e-7 rel. (round-off) | none (round-off only) |
+| unconditional half at max guidance <= 1 | always runs both halves, scale 1 | runs the conditional half only | denoised 3.4e-7 rel. (round-off) | none (round-off only) |
 | latent dtype between steps | float32 | the pipeline's dtype (drawn in it and rounded after every step) | 0 in float32 (exact); 5.3e-3 rel. after 3 steps with bfloat16 latents | none (0 in float32) |
 | fps conditioning | fps_id as given (script default 6) | fps - 1 (default fps 7 -> 6) | vector 0 (same fps_id on both sides); conditioning on fps instead of fps - 1 would change the UNet output by 1.2e-2 rel. | none (same convention) |
 | float frames to uint8 | truncates: (x * 255).astype(uint8) | rounds | 50% of the values one level apart | rounds |
 
 Elsewhere the two agree to round-off; `svd-core parity --model random:tiny` (numerics
-"diffusers", float32) measured: image encoder 8e-8, VAE encoder 0, UNet 0 (bit-identical), VAE
-decoder 3e-6, sampler step 1e-6 relative, sampling run 1e-5 (PSNR 119 dB).
+"diffusers", float32) measured: image encoder 8e-8, VAE encoder 0, UNet 2.3e-6 (float32 round-off:
+svd_core's inference paths order the sums differently; 3.5e-15 in float64), VAE decoder 3.5e-6,
+sampler step 1e-6 relative, sampling run 1e-5 (PSNR 119 dB).
 
 In half precision svd_core and diffusers also differ where neither reference is "official":
 diffusers holds its whole pipeline (VAE and latents included) in the dtype, svd_core keeps the VAE
@@ -34,8 +36,12 @@ skips its CLIP resize, so `svd-core parity` gives both pipelines the same PIL im
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
+from torch import nn
 
 from ..conditioning import conditioned_network, guided_denoiser
 from ..io import to_uint8
@@ -44,7 +50,7 @@ from ..nn import ResBlock
 from ..nn.embeddings import embed_added
 from ..sampling import denoise_v_prediction, karras_sigmas, sample_euler
 from .components import Setup, sampler_inputs, unet_inputs
-from .reference import adopted_norm_eps, differing_norm_eps
+from .reference import adopted_norm_eps, differing_norm_eps, quiet_reference
 from .report import KnownDifference, compare
 
 HALF_LATENTS = torch.bfloat16  # the latent dtype of the measurement in a float32 run
@@ -59,17 +65,43 @@ def _sci(value: float) -> str:
     return "0" if value == 0 else f"{value:.1e}".replace("e-0", "e-").replace("e+0", "e+")
 
 
+@contextmanager
+def in_float64(*networks: nn.Module) -> Iterator[None]:
+    """Within the block, `networks` hold and compute in float64; each gets its dtype back on exit.
+
+    The round trip is exact: float64 holds every float32 and half-precision value. Memory: each
+    network's weights are held in float64 (twice float32's size) while in the block.
+    """
+    dtypes = [next(network.parameters()).dtype for network in networks]
+    with quiet_reference():  # diffusers advises against casting with `.to` on every cast
+        for network in networks:
+            network.to(torch.float64)
+    try:
+        yield
+    finally:
+        with quiet_reference():
+            for network, dtype in zip(networks, dtypes, strict=True):
+                network.to(dtype)
+
+
 @torch.no_grad()
 def norm_eps(s: Setup) -> KnownDifference:
-    """GroupNorm eps of the UNet's res blocks: our official eps vs diffusers', then adopted."""
+    """GroupNorm eps of the UNet's res blocks: our official eps vs diffusers', then adopted.
+
+    Measured in float64, whatever the run's dtype: the question is which eps each library uses, a
+    matter of definition, and in float64 the two UNets with the same eps agree to float64
+    round-off (about 1e-15), where float32 would leave its own round-off (about 1e-6 on random
+    tiny weights, from the different order of operations) on top of the eps effect.
+    """
     unet, reference = s.model.unet, s.reference.unet
     key_map = diffusers_unet_map(s.model.config.unet)
-    inputs = unet_inputs(s)
+    inputs = {name: value.double() for name, value in unet_inputs(s).items()}
     x, c_noise, context = inputs["x"], inputs["c_noise"], inputs["context"]
-    theirs = reference(x, c_noise, encoder_hidden_states=context, added_time_ids=inputs["ids"])
-    official = _rel(unet(x, c_noise, context, inputs["vector"]), theirs.sample)
-    with adopted_norm_eps([(unet, reference, key_map)]):
-        adopted = _rel(unet(x, c_noise, context, inputs["vector"]), theirs.sample)
+    with in_float64(unet, reference):
+        theirs = reference(x, c_noise, encoder_hidden_states=context, added_time_ids=inputs["ids"])
+        official = _rel(unet(x, c_noise, context, inputs["vector"]), theirs.sample)
+        with adopted_norm_eps([(unet, reference, key_map)]):
+            adopted = _rel(unet(x, c_noise, context, inputs["vector"]), theirs.sample)
     differing = differing_norm_eps(unet, reference, key_map)
     total = 2 * sum(isinstance(module, ResBlock) for module in unet.modules())  # norm1, norm2
     places = sorted({".".join(name.split(".")[:2]) for name in differing})
@@ -82,7 +114,7 @@ def norm_eps(s: Setup) -> KnownDifference:
         "1e-5 in all",
         f"{', '.join(f'{e:.0e}'.replace('e-0', 'e-') for e in eps) or 'the same'} in {len(differing)} of {total} "
         f"res-block norms ({', '.join(places) or 'none'})",
-        f"UNet output {_sci(official)} rel.; {_sci(adopted)} with diffusers' eps",
+        f"UNet output {_sci(official)} rel.; {_sci(adopted)} with diffusers' eps (float64)",
         "adopts diffusers' eps (parity only; the pipeline keeps 1e-5)",
     )
 

@@ -30,7 +30,16 @@ from .report import ComponentResult, ParityReport
 
 REFERENCES = ("diffusers",)
 NUMERICS = ("official", "diffusers")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+# float64 compares the networks only: svd_core's sampler and pipeline run in float32 or half
+# precision, so a float64 sampling run would compare float32 on our side with float64 on theirs.
+# It is for questions of definition (which eps, which formula), measured below float32 round-off.
+FLOAT64_COMPONENTS = ("image_encoder", "vae_encode", "unet", "vae_decode")
 RANDOM_PREFIX = "random:"
 # Presets for random weights: `random:NAME` builds SVDConfig.NAME() with seeded random weights.
 RANDOM_PRESETS = {
@@ -51,11 +60,14 @@ MAX_DEFAULT_FRAMES = 8
 # Relative tolerance (max |ours - ref| / max |ref|) of each component's output, per dtype. The VAE
 # comparisons run in float32 whatever the dtype (svd_core's pipeline keeps its VAE there).
 # float32: about 1e-4 for a whole network (DESIGN.md); measured on random tiny weights with
-# numerics="diffusers" between 0 (UNet) and 3e-6 (VAE decoder), and 1e-5 for the 3-step sampling
-# run, which amplifies round-off through its steep schedule (numerics="official": 5e-4).
+# numerics="diffusers" between 0 (VAE encoder) and 3.5e-6 (VAE decoder; UNet 2.3e-6), and 1e-5
+# for the 3-step sampling run, which amplifies round-off through its steep schedule
+# (numerics="official": 5e-4).
 # Half precision, measured on random tiny weights, seeds 0 and 1, both numerics, with headroom:
 # bfloat16 image encoder 5e-3, UNet 2.3e-2, sampler step 3.5e-3, sampling run 1.4e-1 (PSNR 39 dB;
 # diffusers also decodes in bfloat16); float16 7e-4, 3.8e-3, 4.5e-4, 1.7e-2 (PSNR 56 dB).
+# float64 keeps the float32 tolerances: the VAEs still run in float32 and diffusers' CLIP
+# preprocessing too (measured: image encoder 1.5e-7, VAE decoder 3.5e-6, UNet 3.5e-15).
 DEFAULT_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float32: {
         "image_encoder": 1e-4,
@@ -81,6 +93,12 @@ DEFAULT_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
         "sampler_step": 5e-3,
         "sampling_run": 5e-2,
     },
+    torch.float64: {
+        "image_encoder": 1e-4,
+        "vae_encode": 1e-4,
+        "unet": 1e-4,
+        "vae_decode": 1e-4,
+    },
 }
 
 
@@ -95,6 +113,11 @@ NUMERICS_NOTES = {
 HALF_PRECISION_NOTE = (
     "Half precision: the VAE comparisons run both VAEs in float32; in the sampling run diffusers "
     "holds its VAE and latents in the pipeline's dtype, svd_core keeps them in float32."
+)
+FLOAT64_NOTE = (
+    "float64: both UNets and both image encoders run in float64, the VAEs in float32 (diffusers' "
+    "CLIP preprocessing too), so the UNet's difference is free of float32 round-off: what is left "
+    "is a difference of definition."
 )
 
 
@@ -112,6 +135,7 @@ class ParityOptions:
     num_steps: int = 3  # steps of the sampling run (the sampler step is the first of them)
     seed: int = 0  # input draws (and random weights)
     dtype: torch.dtype = torch.float32  # UNet and image encoder; the VAE stays float32
+    # (float64: the network components only, FLOAT64_COMPONENTS)
     numerics: str = "diffusers"  # our side: "diffusers" (its choices) or "official" (sgm)
     components: tuple[str, ...] = COMPONENTS
     tolerances: Mapping[str, float] = field(default_factory=dict)  # overrides per component
@@ -144,6 +168,14 @@ class ParityOptions:
             raise ParityError(
                 f"unknown components {unknown or '(none given)'}; choose from {list(COMPONENTS)}"
             )
+        if self.dtype == torch.float64:
+            sampling = [c for c in self.components if c not in FLOAT64_COMPONENTS]
+            if sampling:
+                raise ParityError(
+                    f"dtype float64 compares the networks only, not {sampling}: svd_core's "
+                    f"sampler runs in float32 or half precision; choose components from "
+                    f"{list(FLOAT64_COMPONENTS)} (--components {','.join(FLOAT64_COMPONENTS)})"
+                )
         for name, value in self.tolerances.items():
             if name not in COMPONENTS:
                 raise ParityError(
@@ -294,7 +326,9 @@ def run_parity(
     """Compare `model` with diffusers on the same weights and inputs, component by component.
 
     model: an SVDModel in float32 (it is cast in place to the dtype policy: UNet and image encoder
-    in options.dtype, the VAE in float32, as `SVDPipeline(model, dtype)` does). reference: a
+    in options.dtype, the VAE in float32, as `SVDPipeline(model, dtype)` does; float64, which the
+    pipeline does not offer, compares the networks only, to measure definitions free of float32
+    round-off). reference: a
     diffusers StableVideoDiffusionPipeline holding the same weights; None builds it from `model`
     (svd_core.save in the diffusers layout, then from_pretrained). device: where both run (default
     the model's). Returns a ParityReport; `report.passed` says whether every component is within
@@ -363,6 +397,8 @@ def run_parity(
         "image": options.image or "synthetic (seeded)",
     }
     notes = [NUMERICS_NOTES[options.numerics]]
-    if options.dtype != torch.float32:
+    if options.dtype == torch.float64:
+        notes.append(FLOAT64_NOTE)
+    elif options.dtype != torch.float32:
         notes.append(HALF_PRECISION_NOTE)
     return ParityReport(header, results, known, notes)
