@@ -250,3 +250,20 @@ def test_cli_generate_low_memory(files, tmp_path, monkeypatch):
     # --low-memory runs the guidance branches one after the other: float32 round-off, far below
     # one uint8 step (1/255), can still move a pixel across a rounding boundary, by one step
     assert np.abs(plain - low).max() <= 1
+
+
+def test_a_checkpoint_replaced_after_loading_is_an_error_not_a_wrong_shape(files, tmp_path):
+    import dataclasses
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(files["official"].read_bytes())
+    model = svd_core.load(path, low_memory=True)
+    config = model.config
+    wider = dataclasses.replace(config, unet=dataclasses.replace(config.unet, model_channels=64))
+    svd_core.save(SVDModel(wider), path)  # the same key names, other shapes
+    with (
+        pytest.raises(svd_core.CheckpointError, match="has shape .* needs"),
+        model.resident("unet"),
+    ):
+        pass
+    assert held_parts(model) == set()

@@ -109,6 +109,12 @@ def _fill(
         target = placeholder.dtype if dtype is None else dtype
         if len(rule.keys) == 1 and handle.dtype(rule.keys[0]) == target:
             tensor = rule.to_ours([handle.get_tensor(rule.keys[0])])
+            if tensor.shape != placeholder.shape:  # read_into checks this itself
+                raise CheckpointError(
+                    f"{str(handle.path)!r}: tensor {rule.keys[0]!r} has shape "
+                    f"{list(tensor.shape)}, {prefix + ours} needs {list(placeholder.shape)}; "
+                    "was the file replaced after it was checked?"
+                )
         else:
             tensor = torch.empty(placeholder.shape, dtype=target)
             for key, place in zip(rule.keys, rule.to_theirs(tensor), strict=True):
@@ -344,8 +350,9 @@ def load(
     inside `with model.resident(part):` and freed after it. SVDPipeline then holds one part at a
     time (peak memory: about the UNet's weights plus its activations, instead of all weights), and
     reads the parts again on every call (from the page cache after the first). The results are the
-    same as a plain model's, bit for bit. The device is fixed here (`model.to(device)` would meet
-    the placeholders); `SVDPipeline(model, dtype=...)` still chooses the dtypes.
+    same as a plain model's, bit for bit. The checkpoint's files must stay in place while the
+    model is used. The device is fixed here (`model.to(device)` would meet the placeholders);
+    `SVDPipeline(model, dtype=...)` still chooses the dtypes.
     """
     if not isinstance(low_memory, bool):
         raise ValueError(f"low_memory must be True or False, got {low_memory!r}")
