@@ -12,8 +12,10 @@ in memory (`model.resident(part)`); diffusers loads the one component it needs
 (`AutoencoderKLTemporalDecoder` or `CLIPVisionModelWithProjection` and its `CLIPImageProcessor`).
 Everything in float32, batch 1, inputs drawn from a seeded generator, the same in both processes.
 
-What is timed (one call after one untimed call in the same process, which reads the weights' pages
-and warms the allocator; `--warmup` whole processes before that are discarded):
+What is timed: one call, after every weight was read once (svd_core's are views of the mapped
+file: no page fault is timed, for either library) and, for the cases that take seconds rather than
+minutes (all but vae-decode), after one untimed call that warms the allocator and oneDNN. `--warmup`
+whole processes before the measured ones are discarded.
 
 - vae-decode-chunkN: latents (1, F, 4, S/8, S/8), unscaled (standard normal / 0.18215), to frames
   (1, F, 3, S, S), N frames at a time: ours `vae.decode(z, chunk_size=N)`; diffusers
@@ -98,7 +100,7 @@ def make_input(kind: str, size: int, frames: int, seed: int, clip_size: int):
 
 
 def _svd_core_call(kind: str, chunk: int | None, source: str):
-    """(what to call, its context manager, the CLIP input size) for svd_core."""
+    """(what to call, its context manager, the modules it uses, the CLIP input size): svd_core."""
     import svd_core
 
     model = svd_core.load(source, low_memory=True)
@@ -111,11 +113,12 @@ def _svd_core_call(kind: str, chunk: int | None, source: str):
         "clip-encode": encoder,
         "clip-vit": encoder.encode_pixels,
     }
-    return calls[kind], model.resident(part), model.config.image_encoder.image_size
+    modules = model.part_modules(part)
+    return calls[kind], model.resident(part), modules, model.config.image_encoder.image_size
 
 
 def _diffusers_call(kind: str, chunk: int | None, folder: str):
-    """(what to call, a context manager, the CLIP input size) for diffusers."""
+    """(what to call, a context manager, the modules it uses, the CLIP input size): diffusers."""
     import contextlib
 
     import torch
@@ -135,7 +138,7 @@ def _diffusers_call(kind: str, chunk: int | None, folder: str):
             return torch.cat(parts).unflatten(0, latents.shape[:2])
 
         call = decode if kind == "vae-decode" else lambda x: vae.encode(x).latent_dist.mode()
-        return call, contextlib.nullcontext(), None
+        return call, contextlib.nullcontext(), [vae], None
 
     import diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion as svd_module
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -157,7 +160,7 @@ def _diffusers_call(kind: str, chunk: int | None, folder: str):
         return encoder(pixels).image_embeds
 
     call = encode if kind == "clip-encode" else lambda x: encoder(x).image_embeds
-    return call, contextlib.nullcontext(), size
+    return call, contextlib.nullcontext(), [encoder], size
 
 
 def measure(
@@ -167,13 +170,14 @@ def measure(
     size: int = 256,
     frames: int = 14,
     seed: int = 0,
-    warmup_calls: int = 1,
+    warmup_calls: int | None = None,
     output: str | None = None,
 ) -> dict:
-    """Load one component with `library` from `source`, run `case` once untimed and once timed.
+    """Load one component with `library` from `source`, read its weights, time one call of `case`.
 
-    Returns load_s, seconds (the timed call) and the output's shape; writes the output to
-    `output` (torch.save) for the comparison. The harness adds peak_rss_bytes.
+    warmup_calls: untimed calls before it (None: 0 for vae-decode, minutes per call; 1 otherwise).
+    Returns load_s, seconds (the timed call), warmup_calls and the output's shape; writes the
+    output to `output` (torch.save) for the comparison. The harness adds peak_rss_bytes.
     """
     import torch
 
@@ -187,10 +191,15 @@ def measure(
         import transformers  # noqa: F401
     start = time.perf_counter()
     build = _svd_core_call if library == "svd_core" else _diffusers_call
-    call, context, clip_size = build(kind, chunk, source)
+    call, context, modules, clip_size = build(kind, chunk, source)
     loaded = time.perf_counter()
     x = make_input(kind, size, frames, seed, clip_size or 224)
+    if warmup_calls is None:
+        warmup_calls = 0 if kind == "vae-decode" else 1
     with torch.no_grad(), context:
+        for module in modules:  # every page of a mapped weight read before the clock starts
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.sum()
         for _ in range(warmup_calls):
             call(x)
         begin = time.perf_counter()
@@ -201,6 +210,7 @@ def measure(
     return {
         "load_s": loaded - start,
         "seconds": seconds,
+        "warmup_calls": warmup_calls,
         "output_shape": "x".join(map(str, out.shape)),
     }
 
@@ -312,7 +322,8 @@ def render(data: dict) -> str:
             f"{machine['threads']} thread(s){busy}; preset {data['preset']}, random weights, float32, "
             f"batch 1, {data['size']}x{data['size']}, {data['frames']} frames; seconds: the median "
             "over fresh processes (3 after 1 warm-up unless the command says otherwise) of one "
-            "call after one untimed call; peak: the process's resident high-water mark "
+            "call, after every weight was read once and (all but vae-decode) one untimed call; "
+            "peak: the process's resident high-water mark "
             "(imports, weights and the call). Errors: max |svd_core - diffusers| on the same "
             "input, and that over max |diffusers|.",
             "",
