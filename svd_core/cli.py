@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     generate.add_argument("--sampler", choices=("euler", "heun", "dpmpp_2m"), default="euler")
+    generate.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="hold one network in memory at a time, each read from the checkpoint just before it "
+        "runs, and run the two guidance branches one after the other: peak memory about the "
+        "UNet's weights plus one branch's activations; the same video up to float32 round-off",
+    )
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     info = commands.add_parser("info", help="describe a checkpoint without loading its weights")
@@ -224,6 +231,7 @@ def _generate(args: argparse.Namespace) -> int:
         dtype=torch.float32,
         device=args.device,
         variant=args.variant,
+        low_memory=args.low_memory,
     )
     pipe = SVDPipeline(model, dtype=dtype)
     video = pipe(

@@ -74,13 +74,15 @@ def encode_conditioning(
     vae_dtype = next(model.vae.parameters()).dtype
     encoder = model.image_encoder
     previous, encoder.preprocess = encoder.preprocess, clip_preprocess
+    # One network in memory at a time for a low-memory model (nothing happens for a plain one).
     try:
-        with torch.set_grad_enabled(image_encoder_grad and torch.is_grad_enabled()):
+        grad = image_encoder_grad and torch.is_grad_enabled()
+        with model.resident("image_encoder"), torch.set_grad_enabled(grad):
             context = encoder(image.to(encoder_dtype))[:, None]  # (B, 1, D): one token
     finally:
         encoder.preprocess = previous
-    with torch.no_grad():
-        noisy_image = image + cond_aug_column.to(image.device) * cond_noise
+    noisy_image = image + cond_aug_column.to(image.device) * cond_noise
+    with torch.no_grad(), model.resident("vae_encoder"):
         image_latent = model.vae.encode(noisy_image.to(vae_dtype))
     vector = embed_added(
         fps_id, motion_bucket_id, cond_aug, dim=model.config.unet.addition_embed_dim

@@ -231,6 +231,9 @@ class SVDPipeline:
 
     @property
     def device(self) -> torch.device:
+        """Where the model computes (for a low-memory model: where its parts are read to)."""
+        if self.model.low_memory:
+            return self.model.lazy_weights.device
         return next(self.model.unet.parameters()).device
 
     @torch.no_grad()
@@ -252,7 +255,7 @@ class SVDPipeline:
         resize: str = "crop",
         sampler: str = "euler",
         guidance: str = "linear",
-        batch_guidance: bool = True,
+        batch_guidance: bool | None = None,
         numerics: str = "official",
         progress: bool = True,
         callback=None,
@@ -273,7 +276,12 @@ class SVDPipeline:
         `self.size_multiple` (64 for SVD), at most 4096.
         sampler: "euler" (official), "heun" or "dpmpp_2m". guidance: "linear" (official),
         "constant" (max_guidance everywhere) or "triangle". batch_guidance=False runs the two
-        guidance branches one after the other (half the activation memory, same result).
+        guidance branches one after the other (half the UNet's activation memory, the same result
+        up to float32 round-off); None (default): batched, except for a low-memory model.
+        A low-memory model (`svd_core.load(..., low_memory=True)`) holds one network at a time:
+        image encoder, VAE encoder, UNet, VAE decoder, each read from the checkpoint just before
+        it runs and freed after (the same result, bit for bit, as a plain model with the same
+        batch_guidance).
         numerics="diffusers" reproduces diffusers' choices (CLIP preprocessing, float64 schedule,
         guidance on the network output, rounding to uint8) to compare with its pipeline.
         callback: called after each step with {"step", "sigma", "x", "denoised"}.
@@ -315,6 +323,10 @@ class SVDPipeline:
             raise ValueError(f"sampler must be one of {sorted(sampling.SAMPLERS)}, got {sampler!r}")
         if guidance not in GUIDANCE_SCHEDULES:
             raise ValueError(f"guidance must be one of {GUIDANCE_SCHEDULES}, got {guidance!r}")
+        if batch_guidance is None:
+            batch_guidance = not self.model.low_memory
+        elif not isinstance(batch_guidance, bool):
+            raise ValueError(f"batch_guidance must be True, False or None, got {batch_guidance!r}")
         if numerics not in NUMERICS:
             raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
         if noise is not None:
@@ -381,12 +393,14 @@ class SVDPipeline:
             if callback is not None:
                 callback(info)
 
-        latents = sampling.SAMPLERS[sampler](
-            denoiser, x, sigmas, callback=check_and_report, progress=progress
-        )
-        decoded = self.model.vae.decode(
-            (latents / cfg.vae.scaling_factor).to(vae_dtype), chunk_size=decode_chunk_size
-        )
+        with self.model.resident("unet"):  # a low-memory model reads the UNet now, frees it after
+            latents = sampling.SAMPLERS[sampler](
+                denoiser, x, sigmas, callback=check_and_report, progress=progress
+            )
+        with self.model.resident("vae_decoder"):
+            decoded = self.model.vae.decode(
+                (latents / cfg.vae.scaling_factor).to(vae_dtype), chunk_size=decode_chunk_size
+            )
         _check_finite(decoded, "the VAE decoder's frames", vae_dtype)
         float_frames = ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()  # (B, F, 3, H, W)
         videos = []

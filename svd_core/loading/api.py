@@ -82,7 +82,12 @@ def _materialize_constants(model: SVDModel) -> None:
 
 
 def _fill(
-    model: nn.Module, key_map: KeyMap, handle: TensorReader, dtype: torch.dtype, prefix: str = ""
+    model: nn.Module,
+    key_map: KeyMap,
+    handle: TensorReader,
+    dtype: torch.dtype | None,
+    prefix: str = "",
+    only: tuple[str, ...] | None = None,
 ) -> None:
     """Assign every tensor of `key_map` (our names relative to `prefix`) into `model`, one at a time.
 
@@ -91,22 +96,88 @@ def _fill(
     tensor is read into its place there: `rule.to_theirs` of the new tensor gives those places
     as views (the parts of a Cat, the transpose of a Transpose). No temporary copies, and no page
     of the file counted in resident memory beside its copy (see TensorReader).
+    dtype None: each tensor in the dtype of the placeholder it replaces. only: fill just the
+    tensors whose full name starts with one of these prefixes (e.g. ("unet.",)).
     """
     for ours, rule in key_map.entries.items():
+        if only is not None and not (prefix + ours).startswith(only):
+            continue
         module_name, _, attr = (prefix + ours).rpartition(".")
         module = model.get_submodule(module_name)
         old = module._parameters.get(attr)
-        if len(rule.keys) == 1 and handle.dtype(rule.keys[0]) == dtype:
+        placeholder = old if old is not None else module._buffers[attr]
+        target = placeholder.dtype if dtype is None else dtype
+        if len(rule.keys) == 1 and handle.dtype(rule.keys[0]) == target:
             tensor = rule.to_ours([handle.get_tensor(rule.keys[0])])
+            if tensor.shape != placeholder.shape:  # read_into checks this itself
+                raise CheckpointError(
+                    f"{str(handle.path)!r}: tensor {rule.keys[0]!r} has shape "
+                    f"{list(tensor.shape)}, {prefix + ours} needs {list(placeholder.shape)}; "
+                    "was the file replaced after it was checked?"
+                )
         else:
-            shape = (old if old is not None else module._buffers[attr]).shape
-            tensor = torch.empty(shape, dtype=dtype)
+            tensor = torch.empty(placeholder.shape, dtype=target)
             for key, place in zip(rule.keys, rule.to_theirs(tensor), strict=True):
                 handle.read_into(key, place)
         if old is not None:
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=old.requires_grad)
         else:
             module._buffers[attr] = tensor
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file of a checkpoint: its path, its key map, and what the map's names lack to be
+    SVDModel names ("" for the official file, "unet." for the diffusers UNet file, ...)."""
+
+    path: Path
+    key_map: KeyMap
+    prefix: str = ""
+
+
+class LazyWeights:
+    """Where a low-memory model (`load(..., low_memory=True)`) reads each part's weights from.
+
+    `load(model, module_names)` fills those submodules from the checkpoint's files as `load` does
+    (views of a memory map where the dtype matches: the pages are read from disk on first use;
+    converted tensors in memory of their own), each tensor in its placeholder's dtype (so a
+    `model.unet.to(torch.bfloat16)` before is honoured), then moves them to `device`.
+    `release(model, module_names)` puts meta placeholders of the same shape and dtype back: the
+    tensors are freed, and the memory map with them once no part views it.
+    """
+
+    def __init__(self, files: list[WeightFile], device: str | torch.device = "cpu") -> None:
+        self.files = files
+        self.device = torch.device(device)
+
+    def load(self, model: nn.Module, module_names: tuple[str, ...]) -> None:
+        """Read the weights of `module_names` (e.g. ("unet",)) into `model`."""
+        only = tuple(name + "." for name in module_names)
+        for file in self.files:
+            if not any((file.prefix + ours).startswith(only) for ours in file.key_map.entries):
+                continue
+            with open_tensors(file.path) as handle:
+                _fill(model, file.key_map, handle, None, file.prefix, only)
+        modules = dict(model.named_modules())
+        for name in module_names:
+            if name in modules:
+                modules[name].to(self.device)
+
+    def release(self, model: nn.Module, module_names: tuple[str, ...]) -> None:
+        """Replace the weights of `module_names` by meta placeholders (same shapes and dtypes)."""
+        only = tuple(name + "." for name in module_names)
+        for file in self.files:
+            for ours in file.key_map.entries:
+                if not (file.prefix + ours).startswith(only):
+                    continue
+                module_name, _, attr = (file.prefix + ours).rpartition(".")
+                module = model.get_submodule(module_name)
+                old = module._parameters.get(attr)
+                if old is not None:
+                    placeholder = torch.empty_like(old, device="meta")
+                    module._parameters[attr] = nn.Parameter(placeholder, old.requires_grad)
+                else:
+                    module._buffers[attr] = torch.empty_like(module._buffers[attr], device="meta")
 
 
 def _check_all_filled(model: SVDModel) -> None:
@@ -263,6 +334,7 @@ def load(
     variant: str | None = None,
     filename: str | None = None,
     revision: str | None = None,
+    low_memory: bool = False,
 ) -> SVDModel:
     """Load an SVD model from an official single file, a diffusers folder or a hub repo id.
 
@@ -272,14 +344,43 @@ def load(
     variant ("fp16"), filename (an official file inside a hub repo) and revision apply to hub ids
     and diffusers folders. Returns an SVDModel in eval mode; `model.load_report` says what was found.
     Raises CheckpointError (a ValueError) with the evidence for anything that does not fit.
+
+    low_memory=True checks the whole checkpoint as always but reads no weights: each part (image
+    encoder, VAE encoder, UNet, VAE decoder; `svd_core.model.PARTS`) is read from the file only
+    inside `with model.resident(part):` and freed after it. SVDPipeline then holds one part at a
+    time (peak memory: about the UNet's weights plus its activations, instead of all weights), and
+    reads the parts again on every call (from the page cache after the first). The results are the
+    same as a plain model's, bit for bit. The checkpoint's files must stay in place while the
+    model is used. The device is fixed here (`model.to(device)` would meet the placeholders);
+    `SVDPipeline(model, dtype=...)` still chooses the dtypes.
     """
+    if not isinstance(low_memory, bool):
+        raise ValueError(f"low_memory must be True or False, got {low_memory!r}")
     hub = {"variant": variant, "filename": filename, "revision": revision}
-    model, report = _load(source, config, dtype, hub)
+    model, report = _load(source, config, dtype, hub, read_weights=not low_memory)
     logger.info("loaded %s", report.summary())
-    model.to(device)
+    if low_memory:
+        model.to(dtype)  # the meta placeholders: each part is read in its placeholder's dtype
+        _materialize_constants(model)
+        encoder = model.image_encoder
+        encoder.mean, encoder.std = encoder.mean.to(device), encoder.std.to(device)
+        model.use_lazy_weights(LazyWeights(_weight_files(model.config, report), device))
+    else:
+        model.to(device)
     model.eval()
     model.load_report = report
     return model
+
+
+def _weight_files(config: SVDConfig, report: LoadReport) -> list[WeightFile]:
+    """The files a load read (or would read), each with its key map, for LazyWeights."""
+    if report.layout == "official":
+        return [WeightFile(Path(report.files[0]), official.official_map(config))]
+    maps = diffusers_layout.diffusers_maps(config)  # report.files is in this order
+    return [
+        WeightFile(Path(path), key_map, component + ".")
+        for (component, key_map), path in zip(maps.items(), report.files, strict=True)
+    ]
 
 
 def _load(source, config, dtype, hub, read_weights: bool = True) -> tuple[SVDModel, LoadReport]:
