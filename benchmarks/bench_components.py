@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import tempfile
 import time
@@ -367,14 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as error:
             parser.error(str(error))
     if args.render_only:
-        stored = json.loads(args.render_only.read_text())
-        data = {
-            **stored["benchmarks"][SECTION],
-            "machine": stored["machine"],
-            "date": stored["date"],
-        }
-        common.update_readme(SECTION, render(data), args.readme)
-        return data
+        return common.render_stored(SECTION, render, args.render_only, args.readme)
 
     measured = run(args, log=functools.partial(print, flush=True))
     machine, date = common.machine_info(args.threads), common.today()
@@ -384,11 +376,9 @@ def main(argv: list[str] | None = None) -> dict:
     if any(previous.get(key) != value for key, value in settings.items()):
         previous = {}  # rows of other settings do not belong in the same table
     data = {**settings, "rows": {**previous.get("rows", {}), **measured}}
-    common.write_results(SECTION, data, machine, args.results_dir, args.machine, date)
-    data.update(machine=machine, date=date)
-    common.update_readme(SECTION, render(data), args.readme)
-    print(f"results: {path}\nREADME:  {args.readme}")
-    return data
+    return common.publish(
+        SECTION, data, render, machine, date, args.results_dir, args.machine, args.readme
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import tempfile
 import time
@@ -327,14 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{args.size}, {args.frames}, {args.steps}, {args.decode_chunk}"
         )
     if args.render_only:
-        stored = json.loads(args.render_only.read_text())
-        data = {
-            **stored["benchmarks"][SECTION],
-            "machine": stored["machine"],
-            "date": stored["date"],
-        }
-        common.update_readme(SECTION, render(data), args.readme)
-        return data
+        return common.render_stored(SECTION, render, args.render_only, args.readme)
 
     measured = run(args, log=functools.partial(print, flush=True))
     machine, date = common.machine_info(args.threads), common.today()
@@ -346,11 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
         previous = {}  # rows of other settings do not belong in the same table
     data = {**settings, "target_ratio_peak_rss": TARGET_RATIO}
     data["rows"] = {**previous.get("rows", {}), **measured}
-    common.write_results(SECTION, data, machine, args.results_dir, args.machine, date)
-    data.update(machine=machine, date=date)
-    common.update_readme(SECTION, render(data), args.readme)
-    print(f"results: {path}\nREADME:  {args.readme}")
-    return data
+    return common.publish(
+        SECTION, data, render, machine, date, args.results_dir, args.machine, args.readme
+    )
 
 
 if __name__ == "__main__":

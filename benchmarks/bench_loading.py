@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -289,14 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.runs < 1 or args.warmup < 0:
         parser.error(f"need --runs >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
     if args.render_only:
-        stored = json.loads(args.render_only.read_text())
-        data = {
-            **stored["benchmarks"][SECTION],
-            "machine": stored["machine"],
-            "date": stored["date"],
-        }
-        common.update_readme(SECTION, render(data), args.readme)
-        return data
+        return common.render_stored(SECTION, render, args.render_only, args.readme)
 
     measured = run(args, log=functools.partial(print, flush=True))
     machine, date = common.machine_info(args.threads), common.today()
@@ -310,11 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
         "baselines": {**previous.get("baselines", {}), **measured["baselines"]},
         "rows": {**previous.get("rows", {}), **measured["rows"]},
     }
-    common.write_results(SECTION, data, machine, args.results_dir, args.machine, date)
-    data.update(machine=machine, date=date)
-    common.update_readme(SECTION, render(data), args.readme)
-    print(f"results: {path}\nREADME:  {args.readme}")
-    return data
+    return common.publish(
+        SECTION, data, render, machine, date, args.results_dir, args.machine, args.readme
+    )
 
 
 if __name__ == "__main__":

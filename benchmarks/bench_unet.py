@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import re
 import sys
 import tempfile
@@ -407,14 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.render_only:
-        stored = json.loads(args.render_only.read_text())
-        data = {
-            **stored["benchmarks"][SECTION],
-            "machine": stored["machine"],
-            "date": stored["date"],
-        }
-        common.update_readme(SECTION, render(data), args.readme)
-        return data
+        return common.render_stored(SECTION, render, args.render_only, args.readme)
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.batch < 1 or args.frames < 1:
         parser.error(
             f"need --runs, --threads, --batch, --frames >= 1 and --warmup >= 0, got runs "
@@ -439,11 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
         "peak": measured["peak"],
         "rows": {**previous.get("rows", {}), **measured["rows"]},
     }
-    common.write_results(SECTION, data, machine, args.results_dir, args.machine, date)
-    data.update(machine=machine, date=date)
-    common.update_readme(SECTION, render(data), args.readme)
-    print(f"results: {path}\nREADME:  {args.readme}")
-    return data
+    return common.publish(
+        SECTION, data, render, machine, date, args.results_dir, args.machine, args.readme
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -268,6 +268,39 @@ def update_readme(section: str, text: str, readme: str | os.PathLike = README) -
     else:
         content = content.rstrip("\n") + "\n\n" + block + "\n"
     readme.write_text(content)
+
+
+def render_stored(
+    section: str,
+    render: Callable[[dict], str],
+    results_json: str | os.PathLike,
+    readme: str | os.PathLike = README,
+) -> dict:
+    """Measure nothing: rewrite `section`'s README table from a results file; returns its data
+    (the stored section plus the file's machine and date)."""
+    stored = json.loads(Path(results_json).read_text())
+    data = {**stored["benchmarks"][section], "machine": stored["machine"], "date": stored["date"]}
+    update_readme(section, render(data), readme)
+    return data
+
+
+def publish(
+    section: str,
+    data: dict,
+    render: Callable[[dict], str],
+    machine: dict,
+    date: str,
+    results_dir: str | os.PathLike = RESULTS_DIR,
+    slug: str | None = None,
+    readme: str | os.PathLike = README,
+) -> dict:
+    """Store `data` under `section` of the results file, rewrite the README table, say where both
+    went; returns `data` with the machine and date added (what `render` saw)."""
+    path = write_results(section, data, machine, results_dir, slug, date)
+    data.update(machine=machine, date=date)
+    update_readme(section, render(data), readme)
+    print(f"results: {path}\nREADME:  {readme}")
+    return data
 
 
 # ---- the child process -------------------------------------------------------------------------
