@@ -31,5 +31,13 @@ echo "==> ruff"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 
+# The suite writes up to about 3 GB of temporary checkpoints; on a nearly full disk tests would fail
+# with "No space left on device" deep inside torch.save, so say so up front.
+tmp="${TMPDIR:-/tmp}"
+free_kb=$(df -Pk "$tmp" | awk 'NR==2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt 4000000 ]; then
+    echo "warning: only $((free_kb / 1024)) MiB free in $tmp; the test suite needs about 3 GB there" >&2
+fi
+
 echo "==> pytest"
 "$py" -m pytest "$@"
