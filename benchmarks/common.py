@@ -9,7 +9,9 @@ average when it started as `load_average` (timings on a busy machine are not com
 the dict as one JSON line. `repeat` runs warm-ups and N measured runs and takes the median of every number.
 
 Results go to `benchmarks/results/<machine>-<date>.json`, one key per benchmark, merged with what the
-file already holds; `update_readme` puts a rendered table between markers in benchmarks/README.md.
+file already holds; each benchmark's section keeps the machine info it was measured with (thread
+count, package versions), as two runs on the same machine and day may differ there. `update_readme`
+puts a rendered table between markers in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -224,14 +226,15 @@ def write_results(
 ) -> Path:
     """Store `data` under key `name` of the results file (see `results_path`), keeping other keys.
 
-    The file records the machine and the date too. Returns its path.
+    The section records `machine` (under "machine"), the file the date. Files written before
+    sections had their own machine info hold one at the top level, for the sections without one:
+    it is kept as it is. Returns the file's path.
     """
     date = date or today()
     path = results_path(machine, results_dir, slug, date)
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    stored["machine"] = machine
     stored["date"] = date
-    stored.setdefault("benchmarks", {})[name] = data
+    stored.setdefault("benchmarks", {})[name] = {**data, "machine": machine}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(stored, indent=2) + "\n")
@@ -277,9 +280,22 @@ def render_stored(
     readme: str | os.PathLike = README,
 ) -> dict:
     """Measure nothing: rewrite `section`'s README table from a results file; returns its data
-    (the stored section plus the file's machine and date)."""
+    (the stored section with its machine info and the file's date).
+
+    A section without machine info of its own (files written before sections had one) gets the
+    file's. Raises ValueError, naming the sections the file holds, if `section` is not there.
+    """
     stored = json.loads(Path(results_json).read_text())
-    data = {**stored["benchmarks"][section], "machine": stored["machine"], "date": stored["date"]}
+    sections = stored.get("benchmarks", {})
+    if section not in sections:
+        raise ValueError(
+            f"{results_json} holds no {section!r} results (it holds: "
+            f"{', '.join(sections) or 'none'}); measure them first, or give a file that has them"
+        )
+    machine = sections[section].get("machine", stored.get("machine"))
+    if machine is None:
+        raise ValueError(f"{results_json}: the {section!r} results name no machine")
+    data = {**sections[section], "machine": machine, "date": stored["date"]}
     update_readme(section, render(data), readme)
     return data
 

@@ -100,7 +100,7 @@ def test_bench_components_end_to_end_writes_results_and_the_readme_table(cache, 
 
     [results] = (tmp_path / "results").glob("testbox-*.json")
     stored = json.loads(results.read_text())
-    assert stored["machine"]["threads"] == 1
+    assert stored["benchmarks"]["components"]["machine"]["threads"] == 1
     assert set(stored["benchmarks"]["components"]["rows"]) == set(data["rows"])
 
     text = readme.read_text()

@@ -119,7 +119,8 @@ def test_bench_loading_end_to_end_writes_results_and_the_readme_table(cache, tmp
 
     [results] = (tmp_path / "results").glob("testbox-*.json")
     stored = json.loads(results.read_text())
-    assert stored["machine"]["threads"] == 1 and stored["machine"]["cpu"]
+    machine = stored["benchmarks"]["loading"]["machine"]
+    assert machine["threads"] == 1 and machine["cpu"]
     assert set(stored["benchmarks"]["loading"]["rows"]) == set(data["rows"])
 
     text = readme.read_text()
@@ -157,7 +158,10 @@ def test_median_table_results_and_readme_helpers(tmp_path):
     first = common.write_results("a", {"x": 1}, machine, tmp_path, date="2026-01-02")
     second = common.write_results("b", {"y": 2}, machine, tmp_path, date="2026-01-02")
     assert first == second == tmp_path / "amd-epyc-7r13-2cpu-2026-01-02.json"
-    assert common.read_results(first) == {"a": {"x": 1}, "b": {"y": 2}}
+    assert common.read_results(first) == {
+        "a": {"x": 1, "machine": machine},
+        "b": {"y": 2, "machine": machine},
+    }
 
     readme = tmp_path / "README.md"
     readme.write_text("before\n")
@@ -166,6 +170,59 @@ def test_median_table_results_and_readme_helpers(tmp_path):
     readme.write_text(readme.read_text() + "after\n")
     common.update_readme("s", "three", readme)
     assert readme.read_text() == "before\n\n<!-- s:begin -->\nthree\n<!-- s:end -->\nafter\n"
+
+
+def _describe_machine(data: dict) -> str:
+    """A stand-in renderer: the machine facts the real ones print."""
+    machine = data["machine"]
+    return f"{data['date']}: {machine['cpu']}, {machine['threads']} thread(s), {data['rows']}"
+
+
+def test_each_section_renders_with_the_machine_info_it_was_measured_with(tmp_path):
+    """Two benchmarks of one results file, measured with different thread counts and package
+    versions: each table names its own, whichever was written last."""
+    one = {"cpu": "AMD EPYC", "usable_cores": 2, "threads": 1, "packages": {"torch": "2.14.1"}}
+    two = {**one, "threads": 2, "packages": {"torch": "2.15.0"}}
+    path = common.write_results("first", {"rows": "a"}, one, tmp_path, date="2026-01-02")
+    assert common.write_results("second", {"rows": "b"}, two, tmp_path, date="2026-01-02") == path
+    stored = json.loads(path.read_text())
+    assert "machine" not in stored  # only the sections know theirs
+    assert stored["benchmarks"]["first"]["machine"] == one
+    assert stored["benchmarks"]["second"]["machine"] == two
+
+    readme = tmp_path / "README.md"
+    first = common.render_stored("first", _describe_machine, path, readme)
+    second = common.render_stored("second", _describe_machine, path, readme)
+    assert first["machine"] == one and second["machine"] == two
+    text = readme.read_text()
+    assert "<!-- first:begin -->\n2026-01-02: AMD EPYC, 1 thread(s), a\n<!-- first:end -->" in text
+    assert (
+        "<!-- second:begin -->\n2026-01-02: AMD EPYC, 2 thread(s), b\n<!-- second:end -->" in text
+    )
+
+    # Rendering again from the file gives the same README.
+    common.render_stored("first", _describe_machine, path, readme)
+    assert readme.read_text() == text
+
+
+def test_results_files_with_one_machine_for_the_whole_file_still_render(tmp_path):
+    """Files written before sections had their own machine info: the file's is used for sections
+    without one, a section's own wins, and adding a section keeps the file's for the old ones."""
+    old = {"cpu": "AMD EPYC", "usable_cores": 2, "threads": 2}
+    new = {**old, "threads": 1}
+    path = common.results_path(old, tmp_path, date="2026-01-02")
+    stored = {"machine": old, "date": "2026-01-02", "benchmarks": {"old": {"rows": "a"}}}
+    path.write_text(json.dumps(stored, indent=2) + "\n")
+    common.write_results("new", {"rows": "b"}, new, tmp_path, date="2026-01-02")
+
+    readme = tmp_path / "README.md"
+    assert common.render_stored("old", _describe_machine, path, readme)["machine"] == old
+    assert common.render_stored("new", _describe_machine, path, readme)["machine"] == new
+    assert "2026-01-02: AMD EPYC, 2 thread(s), a" in readme.read_text()
+    assert "2026-01-02: AMD EPYC, 1 thread(s), b" in readme.read_text()
+
+    with pytest.raises(ValueError, match=r"no 'missing' results \(it holds: old, new\)"):
+        common.render_stored("missing", _describe_machine, path, readme)
 
 
 # ---- bench_unet ----------------------------------------------------------------------------------
@@ -236,7 +293,7 @@ def test_bench_unet_end_to_end_writes_results_and_the_readme_table(tmp_path):
 
     [results] = (tmp_path / "results").glob("testbox-*.json")
     stored = json.loads(results.read_text())
-    assert stored["machine"]["threads"] == 1
+    assert stored["benchmarks"]["unet_forward"]["machine"]["threads"] == 1
     assert set(stored["benchmarks"]["unet_forward"]["rows"]) == {"8x8"}
 
     text = readme.read_text()

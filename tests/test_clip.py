@@ -7,7 +7,6 @@ built once (module fixture, ~2.5 GB float32 each for open_clip's and ours) and r
 import dataclasses
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +14,7 @@ import open_clip  # noqa: E402
 import pytest
 import torch
 import transformers  # noqa: E402
+from helpers import OFFICIAL_KEYS
 from PIL import Image
 
 from svd_core.clip import ImageEncoder, resize_antialiased
@@ -28,8 +28,6 @@ from svd_core.loading.clip_maps import (
     transformers_clip_config,
 )
 
-# The key list made from the official model definition, in the shared/ folder beside the repository.
-OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "official_keys.json"
 VIT_H_PARAMS = 632_076_800
 
 # Float32 tolerances, relative to the largest magnitude of the reference output.

@@ -29,14 +29,7 @@ from svd_core.batch import BatchError, list_inputs
 from svd_core.loading import save
 from svd_core.model import SVDModel
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks run much faster on one thread on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def torchrun(arguments: list[str], cwd: Path) -> str:

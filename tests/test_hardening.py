@@ -26,6 +26,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -72,20 +73,6 @@ def one_thread_and_example_count():
     total = sum(EXAMPLES.values())
     lines = "\n".join(f"  {name}: {count}" for name, count in sorted(EXAMPLES.items()))
     print(f"\nhypothesis examples run: {total}\n{lines}")
-
-
-def random_model(seed: int = 0) -> SVDModel:
-    """Tiny SVD, every parameter random (weights 0.5 / sqrt(fan-in), norm scales near 1)."""
-    generator = torch.Generator().manual_seed(seed)
-    model = SVDModel(SVDConfig.tiny())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 * p[0].numel() ** -0.5)
-            else:
-                offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05 + offset)
-    return model.eval()
 
 
 def ramp_image(height: int = SIZE, width: int = SIZE) -> Image.Image:

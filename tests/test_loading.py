@@ -1,11 +1,11 @@
 """Loading and saving: official single files, diffusers folders, hub ids; strict, lazy, both directions."""
 
 import json
-import os
 import struct
 
 import pytest
 import torch
+from helpers import OFFICIAL_KEYS
 
 import svd_core.cli
 from svd_core import SVDConfig
@@ -13,10 +13,6 @@ from svd_core.loading import CheckpointError, inspect_checkpoint, load, save
 from svd_core.loading.api import empty_model
 from svd_core.loading.official import infer_official_config, official_map
 from svd_core.model import SVDModel
-
-OFFICIAL_KEYS = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "official_keys.json"
-)
 
 
 def random_model(config: SVDConfig, seed: int = 0) -> SVDModel:

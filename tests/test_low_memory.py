@@ -10,10 +10,11 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 
 import svd_core
 import svd_core.cli
-from svd_core import SVDConfig, SVDPipeline
+from svd_core import SVDPipeline
 from svd_core.loading import save
 from svd_core.model import PARTS, NotResidentError, SVDModel
 
@@ -23,27 +24,7 @@ from svd_core.model import PARTS, NotResidentError, SVDModel
 FRAMES, STEPS, SIZE = 3, 2, 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def random_model(seed: int = 0) -> SVDModel:
-    """Tiny SVD, every parameter random at 0.5 / sqrt(fan-in) (norm scales near 1), so that frames
-    vary over the whole [0, 1] range and differences cannot hide."""
-    generator = torch.Generator().manual_seed(seed)
-    model = SVDModel(SVDConfig.tiny())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 * p[0].numel() ** -0.5)
-            else:
-                offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05 + offset)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -60,13 +60,7 @@ FLOAT64_ROUND_OFF = ROUND_OFF * torch.finfo(torch.float64).eps / torch.finfo(tor
 MIN_PSNR_DB = 90.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks run fastest on one thread of the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

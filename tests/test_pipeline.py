@@ -9,14 +9,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import random_model, set_res_block_eps
 from PIL import Image
 
 import svd_core.cli
 import svd_core.io
-from svd_core import SVDConfig
 from svd_core.io import fit_image, load_image, save_video
 from svd_core.loading import save
-from svd_core.model import SVDModel
 from svd_core.pipeline import SVDPipeline, Video
 
 # Frames in [0, 1], float32, max |ours - diffusers| after a whole run (CLIP, VAE encode, 4 guided
@@ -38,29 +37,7 @@ FRAMES = 5
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks run 20-40x faster on one thread on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def random_model(seed: int = 0) -> SVDModel:
-    """Tiny SVD with every parameter random: weights at 0.5 / sqrt(fan-in), norm scales near 1,
-    everything else small. (A flat 0.05 gives nearly constant grey frames, which would hide errors;
-    this gives frames that use the whole [0, 1] range and change from frame to frame.)"""
-    generator = torch.Generator().manual_seed(seed)
-    model = SVDModel(SVDConfig.tiny())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 * p[0].numel() ** -0.5)
-            else:
-                offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05 + offset)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_image(height: int = SIZE, width: int = SIZE, seed: int = 0) -> Image.Image:
@@ -105,16 +82,6 @@ def diffusers_pipe(model, tmp_path_factory):
     return reference
 
 
-def _set_res_block_eps(unet: torch.nn.Module, eps: float) -> None:
-    from diffusers.models.resnet import SpatioTemporalResBlock
-
-    for module in unet.modules():
-        if isinstance(module, SpatioTemporalResBlock):
-            for block in (module.spatial_res_block, module.temporal_res_block):
-                block.norm1.eps = eps
-                block.norm2.eps = eps
-
-
 def test_matches_diffusers_pipeline_end_to_end(pipe, diffusers_pipe, image, monkeypatch):
     """Same weights, same PIL image (already 64x64: no resize on either side), same seed: diffusers
     draws the conditioning noise, then the latents, from the CPU generator, in our order."""
@@ -143,11 +110,11 @@ def test_matches_diffusers_pipeline_end_to_end(pipe, diffusers_pipe, image, monk
         ).frames[0]
 
     stock = reference()  # diffusers as shipped: GroupNorm eps 1e-6 in some res blocks
-    _set_res_block_eps(diffusers_pipe.unet, 1e-5)
+    set_res_block_eps(diffusers_pipe.unet, 1e-5)
     try:
         expected = reference()
     finally:
-        _set_res_block_eps(diffusers_pipe.unet, 1e-6)
+        set_res_block_eps(diffusers_pipe.unet, 1e-6)
     assert expected.shape == (FRAMES, 3, SIZE, SIZE)
     assert (expected[1:] - expected[:1]).abs().max() > 0.1, "frames too alike to test anything"
 
@@ -182,7 +149,7 @@ def test_diffusers_latents_argument_equals_our_noise_argument(pipe, diffusers_pi
     )
     image = test_image(seed=5)
     noise = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(11))
-    _set_res_block_eps(diffusers_pipe.unet, 1e-5)
+    set_res_block_eps(diffusers_pipe.unet, 1e-5)
     try:
         expected = diffusers_pipe(
             image,
@@ -196,7 +163,7 @@ def test_diffusers_latents_argument_equals_our_noise_argument(pipe, diffusers_pi
             output_type="pt",
         ).frames[0]
     finally:
-        _set_res_block_eps(diffusers_pipe.unet, 1e-6)
+        set_res_block_eps(diffusers_pipe.unet, 1e-6)
     options = dict(num_frames=3, num_steps=4, decode_chunk_size=3, max_guidance=3.0, seed=4)
     ours = pipe(image, noise=noise, numerics="diffusers", progress=False, **options)
     seeded = pipe(image, numerics="diffusers", progress=False, **options)

@@ -20,14 +20,7 @@ from svd_core.model import SVDModel
 from svd_core.sampling import v_prediction_scalings
 from svd_core.vae import VAE
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks run much faster on one thread on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config() -> SVDConfig:

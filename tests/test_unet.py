@@ -4,12 +4,11 @@ structure on the meta device, key-map round trips, gradient checkpointing and in
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import diffusers  # noqa: E402
 import pytest
 import torch
-from diffusers.models.resnet import SpatioTemporalResBlock  # noqa: E402
+from helpers import OFFICIAL_KEYS, randomize, set_res_block_eps
 
 from svd_core.config import ConfigError, SVDConfig, UNetConfig
 from svd_core.loading.unet_maps import (
@@ -22,8 +21,6 @@ from svd_core.loading.unet_maps import (
 from svd_core.nn import GroupNorm32, embed_added
 from svd_core.unet import UNet
 
-# The key list made from the official model definition, in the shared/ folder beside the repository.
-OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "official_keys.json"
 SVD_UNET_PARAMS = 1524623082  # official svd.safetensors, model.diffusion_model.*
 
 # float32 parity with diffusers (res-block eps set to the official 1e-5), as max |ours - ref| over
@@ -42,28 +39,6 @@ HEIGHT = WIDTH = 8
 def _relative_error(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     err = (ours.float() - ref.float()).abs().max().item()
     return err, err / ref.float().abs().max().item()
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Every parameter random, including the zero-initialised convs and the blend logits."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                std = p[0].numel() ** -0.5  # 1 / sqrt(fan-in)
-            elif name.endswith("mix_factor"):
-                std = 1.0
-            else:
-                std = 0.5
-            p.copy_(torch.randn(p.shape, generator=generator) * std)
-
-
-def _set_res_block_eps(reference: torch.nn.Module, eps: float) -> None:
-    for module in reference.modules():
-        if isinstance(module, SpatioTemporalResBlock):
-            for block in (module.spatial_res_block, module.temporal_res_block):
-                block.norm1.eps = eps
-                block.norm2.eps = eps
 
 
 def _diffusers_forward(reference, x, c_noise, context, added_time_ids, image_only_indicator):
@@ -110,11 +85,11 @@ def tiny_pair():
     cfg = SVDConfig.tiny().unet
     torch.manual_seed(0)
     reference = diffusers.UNetSpatioTemporalConditionModel(**diffusers_unet_config(cfg)).eval()
-    _randomize(reference, seed=0)
+    randomize(reference, seed=0)
     ours = UNet(cfg).eval()
     ignored = diffusers_unet_map(cfg).load_into(ours, reference.state_dict())
     assert ignored == {}
-    _set_res_block_eps(reference, 1e-5)
+    set_res_block_eps(reference, 1e-5)
     return cfg, reference, ours
 
 
@@ -163,10 +138,10 @@ def test_stock_diffusers_differs_slightly_from_official_eps(tiny_pair):
         got = ours(x, c_noise, context, vector)
         official_eps = reference(x, c_noise, context, ids).sample
         try:
-            _set_res_block_eps(reference, 1e-6)  # undo the test's override: diffusers as shipped
+            set_res_block_eps(reference, 1e-6)  # undo the test's override: diffusers as shipped
             stock = reference(x, c_noise, context, ids).sample
         finally:
-            _set_res_block_eps(reference, 1e-5)
+            set_res_block_eps(reference, 1e-5)
     _, round_off = _relative_error(got, official_eps)
     err, rel = _relative_error(got, stock)
     print(f"\nstock diffusers (eps 1e-6) vs ours: max abs err={err:.3e} rel={rel:.3e}")
@@ -262,7 +237,7 @@ def test_full_size_matches_the_diffusers_layout():
 def test_key_map_round_trip_is_bit_exact(make_map):
     cfg = SVDConfig.tiny().unet
     unet = UNet(cfg)
-    _randomize(unet, seed=3)
+    randomize(unet, seed=3)
     state = unet.state_dict()
     key_map = make_map(cfg)
     theirs = key_map.to_theirs(state)
@@ -284,7 +259,7 @@ def test_config_round_trips_through_diffusers():
 def test_gradient_checkpointing_gives_the_same_output_and_gradients():
     cfg = SVDConfig.tiny().unet
     plain = UNet(cfg)
-    _randomize(plain, seed=4)
+    randomize(plain, seed=4)
     checkpointed = UNet(cfg, gradient_checkpointing=True)
     checkpointed.load_state_dict(plain.state_dict())
     x = torch.randn(BATCH, 3, cfg.in_channels, HEIGHT, WIDTH)

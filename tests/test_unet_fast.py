@@ -21,7 +21,7 @@ import math
 import diffusers
 import pytest
 import torch
-from diffusers.models.resnet import SpatioTemporalResBlock
+from helpers import randomize, set_res_block_eps
 from torch.nn import functional as F
 
 from svd_core.config import SVDConfig
@@ -43,20 +43,6 @@ UNET_RTOL = 1e-5
 GRAD_RTOL = 1e-4
 # The floor for gradients that are zero in exact arithmetic, as a fraction of the largest gradient.
 GRAD_FLOOR = 1e-2
-
-
-def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter random, at a scale that keeps activations of order one."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                std = p[0].numel() ** -0.5
-            elif name.endswith("mix_factor"):
-                std = 1.0
-            else:
-                std = 0.5
-            p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 
 def _relative(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -95,7 +81,7 @@ def _attention_by_hand(attn: Attention, x: torch.Tensor, context: torch.Tensor) 
 def test_cross_attention_to_one_token_skips_queries_at_inference_with_the_same_result():
     torch.manual_seed(0)
     attn = Attention(32, heads=4, head_dim=8, context_dim=24)
-    _randomize(attn)
+    randomize(attn)
     x, context = torch.randn(3, 10, 32), torch.randn(3, 1, 24)
     expected = _attention_by_hand(attn, x, context).detach()
     with _count_calls([attn.to_q, attn.to_k]) as query_calls:
@@ -112,7 +98,7 @@ def test_cross_attention_to_one_token_skips_queries_at_inference_with_the_same_r
 def test_attention_to_several_tokens_runs_in_full_at_inference():
     torch.manual_seed(0)
     attn = Attention(32, heads=4, head_dim=8, context_dim=24)
-    _randomize(attn)
+    randomize(attn)
     x, context = torch.randn(3, 10, 32), torch.randn(3, 4, 24)
     with torch.no_grad(), _count_calls([attn.to_q]) as query_calls:
         got = attn(x, context)
@@ -127,7 +113,7 @@ def test_attention_to_several_tokens_runs_in_full_at_inference():
 def test_attention_broadcasts_a_shared_context_over_leading_dims(tokens, grad):
     torch.manual_seed(0)
     attn = Attention(32, heads=4, head_dim=8, context_dim=24)
-    _randomize(attn)
+    randomize(attn)
     batch, pixels, frames = 2, 6, 5
     x = torch.randn(batch, pixels, frames, 32)
     context = torch.randn(batch, 1, tokens, 24)  # one per clip
@@ -151,7 +137,7 @@ def test_attention_rejects_a_context_that_does_not_fit():
 def test_temporal_block_with_one_context_per_clip_equals_one_copy_per_pixel():
     torch.manual_seed(0)
     block = TemporalTransformerBlock(32, heads=2, head_dim=16, context_dim=24)
-    _randomize(block)
+    randomize(block)
     batch, pixels, frames = 2, 6, 7
     x = torch.randn(batch, pixels, frames, 32)
     context = torch.randn(batch, 1, 1, 24)
@@ -168,7 +154,7 @@ def test_temporal_block_with_one_context_per_clip_equals_one_copy_per_pixel():
 def test_geglu_in_place_inference_equals_the_formula_and_the_autograd_path():
     torch.manual_seed(0)
     ff = GEGLUFeedForward(16, dim_out=24, mult=4)
-    _randomize(ff)
+    randomize(ff)
     x = torch.randn(2, 6, 16)
     value, gate = ff.proj_in(x).detach().chunk(2, dim=-1)
     expected = ff.proj_out(value * F.gelu(gate)).detach()
@@ -236,7 +222,7 @@ def test_blend_forms_one_minus_alpha_in_float32_before_rounding():
 def tiny_unet():
     cfg = SVDConfig.tiny().unet
     unet = UNet(cfg).eval()
-    _randomize(unet, seed=5)
+    randomize(unet, seed=5)
     return unet
 
 
@@ -277,13 +263,10 @@ def tiny_pair():
     cfg = SVDConfig.tiny().unet
     torch.manual_seed(0)
     reference = diffusers.UNetSpatioTemporalConditionModel(**diffusers_unet_config(cfg))
-    _randomize(reference, seed=6)
+    randomize(reference, seed=6)
     ours = UNet(cfg)
     assert diffusers_unet_map(cfg).load_into(ours, reference.state_dict()) == {}
-    for module in reference.modules():
-        if isinstance(module, SpatioTemporalResBlock):
-            for block in (module.spatial_res_block, module.temporal_res_block):
-                block.norm1.eps = block.norm2.eps = 1e-5
+    set_res_block_eps(reference, 1e-5)
     return cfg, reference.eval(), ours.eval()
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from pathlib import Path
 
 import diffusers  # noqa: E402
 import pytest
 import torch
+from helpers import OFFICIAL_KEYS, randomize
 
 from svd_core import SVDConfig, VAEConfig
 from svd_core.loading.keymap import KeyMapError
@@ -30,8 +30,6 @@ RTOL_VS_FLOAT64 = 1e-5
 # network.
 RTOL_VS_FLOAT32 = 1e-4
 
-# The key list made from the official model definition, in the shared/ folder beside the repository.
-OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "official_keys.json"
 COND_AE = "conditioner.embedders.3.encoder."
 
 # The tiny preset (2 res blocks per level): diffusers' temporal decoder builds its mid block with
@@ -40,31 +38,14 @@ TINY = SVDConfig.tiny().vae
 TINY_IMAGE = dataclasses.replace(TINY, temporal_decoder=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These networks are tiny: one thread is as fast, and does not spin on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Every parameter random, including zero-initialised convs, norms and blend logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _diffusers_model(cfg: VAEConfig, seed: int = 0) -> torch.nn.Module:
     kwargs = diffusers_vae_config(cfg)
     cls = getattr(diffusers, kwargs.pop("_class_name"))
     model = cls(**kwargs).eval()
-    _randomize(model, seed)
+    randomize(model, seed, mix_factor_std=0.5)
     return model
 
 
@@ -259,7 +240,7 @@ def test_full_size_matches_diffusers_temporal_decoder_on_meta():
 @pytest.mark.parametrize("cfg", [TINY, TINY_IMAGE], ids=["video", "image"])
 def test_state_dict_round_trips_bit_exact(cfg):
     vae = VAE(cfg)
-    _randomize(vae, seed=11)
+    randomize(vae, seed=11, mix_factor_std=0.5)
     state = vae.state_dict()
     for key_map in (official_vae_map(cfg), diffusers_vae_map(cfg)):
         theirs = key_map.to_theirs(state)

@@ -1,0 +1,60 @@
+"""Helpers shared by several test files: random weights, the official key list, reference tweaks.
+
+Import them with `from helpers import ...` (pytest puts tests/ on sys.path, beside conftest.py).
+Fixtures shared by several files live in conftest.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from svd_core import SVDConfig
+from svd_core.model import SVDModel
+
+# The key list made from the official model definition, in the shared/ folder beside the repository.
+OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "official_keys.json"
+
+
+def random_model(seed: int = 0) -> SVDModel:
+    """Tiny SVD with every parameter random: weights at 0.5 / sqrt(fan-in), norm scales near 1,
+    everything else small. (A flat 0.05 gives nearly constant grey frames, which would hide errors;
+    this gives frames that use the whole [0, 1] range and change from frame to frame.)"""
+    generator = torch.Generator().manual_seed(seed)
+    model = SVDModel(SVDConfig.tiny())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 * p[0].numel() ** -0.5)
+            else:
+                offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05 + offset)
+    return model.eval()
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, mix_factor_std: float = 1.0) -> None:
+    """Every parameter of `module` random, including the zero-initialised convs, norms and blend
+    logits, at a scale that keeps activations of order one: weights (ndim >= 2) at 1 / sqrt(fan-in),
+    blend logits (`mix_factor`) at `mix_factor_std`, every other 1-d parameter at 0.5."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                std = p[0].numel() ** -0.5  # 1 / sqrt(fan-in)
+            elif name.endswith("mix_factor"):
+                std = mix_factor_std
+            else:
+                std = 0.5
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+
+
+def set_res_block_eps(unet: torch.nn.Module, eps: float) -> None:
+    """Set the GroupNorm eps of every res block of a diffusers UNetSpatioTemporalConditionModel
+    (diffusers builds some with 1e-6; the official UNet uses 1e-5 everywhere: DESIGN.md)."""
+    from diffusers.models.resnet import SpatioTemporalResBlock
+
+    for module in unet.modules():
+        if isinstance(module, SpatioTemporalResBlock):
+            for block in (module.spatial_res_block, module.temporal_res_block):
+                block.norm1.eps = eps
+                block.norm2.eps = eps
