@@ -326,7 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"{args.size}, {args.frames}, {args.steps}, {args.decode_chunk}"
         )
     if args.render_only:
-        return common.render_stored(SECTION, render, args.render_only, args.readme)
+        try:
+            return common.render_stored(SECTION, render, args.render_only, args.readme)
+        except ValueError as error:  # no such section, or no machine: one line, exit code 2
+            parser.error(str(error))
 
     measured = run(args, log=functools.partial(print, flush=True))
     machine, date = common.machine_info(args.threads), common.today()

@@ -288,7 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.runs < 1 or args.warmup < 0:
         parser.error(f"need --runs >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
     if args.render_only:
-        return common.render_stored(SECTION, render, args.render_only, args.readme)
+        try:
+            return common.render_stored(SECTION, render, args.render_only, args.readme)
+        except ValueError as error:  # no such section, or no machine: one line, exit code 2
+            parser.error(str(error))
 
     measured = run(args, log=functools.partial(print, flush=True))
     machine, date = common.machine_info(args.threads), common.today()

@@ -406,7 +406,10 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.render_only:
-        return common.render_stored(SECTION, render, args.render_only, args.readme)
+        try:
+            return common.render_stored(SECTION, render, args.render_only, args.readme)
+        except ValueError as error:  # no such section, or no machine: one line, exit code 2
+            parser.error(str(error))
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.batch < 1 or args.frames < 1:
         parser.error(
             f"need --runs, --threads, --batch, --frames >= 1 and --warmup >= 0, got runs "

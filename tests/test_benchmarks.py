@@ -225,6 +225,18 @@ def test_results_files_with_one_machine_for_the_whole_file_still_render(tmp_path
         common.render_stored("missing", _describe_machine, path, readme)
 
 
+@pytest.mark.parametrize("script", [bench_loading, bench_unet], ids=["loading", "unet"])
+def test_render_only_of_a_file_without_the_section_is_one_line_and_exit_code_2(
+    script, tmp_path, capsys
+):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"date": "2026-01-02", "benchmarks": {"other": {}}}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--render-only", str(path), "--readme", str(tmp_path / "README.md")])
+    assert exit_info.value.code == 2
+    assert "holds no" in capsys.readouterr().err and not (tmp_path / "README.md").exists()
+
+
 # ---- bench_unet ----------------------------------------------------------------------------------
 
 # Whole tiny UNet in float32 against diffusers, as max |a - b| / max |b|: round-off through the
