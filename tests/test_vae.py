@@ -278,26 +278,6 @@ def test_diffusers_config_round_trips(cfg):
     assert vae_config_from_diffusers(kwargs) == cfg
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_video_res_block_blends_into_contiguous_frames(video_models, batch):
-    """alpha * temporal + (1 - alpha) * spatial, returned (B*F, C, H, W)-contiguous (speed: the
-    next block's norm and convs then read it without a copy)."""
-    _, _, ours = video_models
-    block = ours.decoder.levels[0].blocks[1]
-    frames, channels = 3, block.spatial.conv2.out_channels
-    x = torch.randn(batch * frames, channels, 4, 4, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        out = block(x, frames)
-        spatial = block.spatial(x)  # (B*F, C, H, W)
-        temporal = block.temporal(spatial.unflatten(0, (batch, frames)).transpose(1, 2))
-        temporal = temporal.transpose(1, 2).flatten(0, 1)  # (B, C, F, H, W) -> (B*F, C, H, W)
-        alpha = torch.sigmoid(block.blend.mix_factor)
-        expected = alpha * temporal + (1 - alpha) * spatial
-    assert 0.0 < alpha.item() < 1.0  # both paths count
-    assert out.is_contiguous()
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
-
-
 # ---- chunking ------------------------------------------------------------------------------------
 
 
