@@ -106,15 +106,10 @@ class VideoResBlock(nn.Module):
         self.blend = AlphaBlend(cfg.merge_factor, strategy="learned")
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        spatial = self.spatial(x)  # (B*F, C, H, W), contiguous
-        spatial = rearrange(spatial, "(b f) c h w -> b c f h w", f=num_frames)  # a view
-        temporal = self.temporal(spatial)  # (B, C, F, H, W), contiguous
-        temporal_weight, spatial_weight = self.blend.weights(temporal.dtype, temporal.ndim)
-        # alpha * temporal + (1 - alpha) * spatial, with the spatial product formed first: the sum
-        # then takes its memory order, (B*F, C, H, W), so that the view returned below is
-        # contiguous and the next block's norm and convs read it without a copy (diffusers'
-        # blend does the same). The same numbers as the other order.
-        mixed = (spatial_weight * spatial).add_(temporal_weight * temporal)
+        spatial = self.spatial(x)
+        spatial = rearrange(spatial, "(b f) c h w -> b c f h w", f=num_frames)
+        temporal = self.temporal(spatial)
+        mixed = self.blend(temporal, spatial)  # alpha * temporal + (1 - alpha) * spatial
         return rearrange(mixed, "b c f h w -> (b f) c h w")
 
 

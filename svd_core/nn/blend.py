@@ -44,30 +44,18 @@ class AlphaBlend(nn.Module):
             alpha = torch.where(is_image, torch.ones_like(alpha), alpha)
         return alpha
 
-    def weights(
-        self,
-        dtype: torch.dtype,
-        ndim: int,
-        image_only_indicator: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha, 1 - alpha) in `dtype`, shaped (-1, 1, ..., 1) to broadcast over `ndim`-dim tensors.
-
-        For a caller that forms the blend itself, e.g. to choose which product comes first.
-        """
-        shape = (-1, *([1] * (ndim - 1)))  # broadcast over everything but B*F
-        alpha = self.alpha(image_only_indicator)
-        alpha = alpha.to(torch.promote_types(alpha.dtype, torch.float32))  # float64 stays
-        # 1 - alpha is formed in float32 before rounding to a half type (as the official code
-        # does with its float32 alpha; diffusers rounds alpha first); the same in float32.
-        return alpha.to(dtype).reshape(shape), (1.0 - alpha).to(dtype).reshape(shape)
-
     def forward(
         self,
         first: torch.Tensor,
         second: torch.Tensor,
         image_only_indicator: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        first_weight, second_weight = self.weights(first.dtype, first.ndim, image_only_indicator)
+        shape = (-1, *([1] * (first.ndim - 1)))  # broadcast over everything but B*F
+        alpha = self.alpha(image_only_indicator)
+        alpha = alpha.to(torch.promote_types(alpha.dtype, torch.float32))  # float64 stays
+        # 1 - alpha is formed in float32 before rounding to a half type (as the official code
+        # does with its float32 alpha; diffusers rounds alpha first); the same in float32.
+        first_weight = alpha.to(first.dtype).reshape(shape)
+        second_weight = (1.0 - alpha).to(first.dtype).reshape(shape)
         # The second product is added in place into the first: the same sum, one tensor less.
-        # The result is laid out in memory as `first` is.
         return (first_weight * first).add_(second_weight * second)
