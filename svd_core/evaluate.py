@@ -13,6 +13,11 @@ first frame, fps and motion_bucket_id, and its output is scored against the true
   frames, in px/frame, times fps = px/s) and its Pearson correlation with motion_bucket_id, the
   cosine between measured and true direction over clips that move at least MIN_TRAVEL px, and the
   median ratio of measured to true speed. The same tracker on the true clips gives the reference.
+- PSNR on the shape: over the pixels where the true frame's shape is (it differs from the
+  background plane by more than SHAPE_CONTRAST), frames 1..F-1. The whole-frame PSNR is mostly
+  background; this one asks whether the shape is where it should be, in its colour.
+- The VAE's reconstruction of the true clip (encode every frame, decode the clip), scored like a
+  generated clip: the best a model that generates through this VAE could do.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ MIN_COVERAGE = 0.2  # pixels whose estimated coverage is below this are ignored 
 WINDOW = 0.25  # only pixels this fraction of the frame size from the object's interior count
 TIE = 1e-6  # relative MSE difference below which the model does not beat the baseline
 MIN_TRAVEL = 2.0  # px over a clip: clips that move less have no readable direction
+SHAPE_CONTRAST = 0.4  # half the data's least shape-background distance (MIN_CONTRAST 0.8)
 
 
 def _grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +164,12 @@ class EvalReport:
     speed_ratio: float  # median measured / true speed over clips moving >= MIN_TRAVEL
     lost_frames: float  # fraction of generated frames where the tracker found no object
     clips: list[dict] = field(default_factory=list)
+    # PSNR on the true shape's pixels; the VAE's reconstruction of the true clips (NaN where the
+    # pipeline has no VAE to ask, or in reports written before these existed).
+    shape_psnr: float = math.nan
+    static_shape_psnr: float = math.nan
+    vae_psnr: float = math.nan
+    vae_shape_psnr: float = math.nan
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (NaN and inf stay floats; json.dumps writes them as NaN/Infinity)."""
@@ -169,24 +181,34 @@ class EvalReport:
         def number(value: float, digits: int = 2) -> str:
             return f"{value:>8.{digits}f}" if value is not None else f"{'-':>8}"
 
-        rows = [
-            ("PSNR, frames 1.. (dB)", self.psnr, self.static_psnr, None),
-            ("motion error (px)", self.motion_error, self.static_motion_error, 0.0),
+        rows = [  # model, static baseline, VAE reconstruction of the truth, truth
+            ("PSNR, frames 1.. (dB)", self.psnr, self.static_psnr, self.vae_psnr, None),
+            (
+                "PSNR on the shape (dB)",
+                self.shape_psnr,
+                self.static_shape_psnr,
+                self.vae_shape_psnr,
+                None,
+            ),
+            ("motion error (px)", self.motion_error, self.static_motion_error, None, 0.0),
             (
                 "corr(motion_bucket, speed)",
                 self.motion_correlation,
                 None,
+                None,
                 self.true_motion_correlation,
             ),
-            ("direction cosine", self.direction_score, None, self.true_direction_score),
-            ("speed / true speed", self.speed_ratio, None, 1.0),
+            ("direction cosine", self.direction_score, None, None, self.true_direction_score),
+            ("speed / true speed", self.speed_ratio, None, None, 1.0),
         ]
         lines = [
             f"{self.num_clips} held-out clips, {self.num_frames} frames at {self.size}x{self.size}, "
             f"{self.num_steps} steps, seed {self.seed}",
-            f"{'':<28}{'model':>8}{'static':>8}{'truth':>8}",
+            f"{'':<28}{'model':>8}{'static':>8}{'VAE':>8}{'truth':>8}",
         ]
-        lines += [f"{name:<28}{number(a)}{number(b)}{number(c)}" for name, a, b, c in rows]
+        lines += [
+            f"{name:<28}{number(a)}{number(b)}{number(v)}{number(c)}" for name, a, b, v, c in rows
+        ]
         lines.append(f"{'clips better than static':<28}{number(self.beats_static)}")
         lines.append(f"{'frames lost by tracker':<28}{number(self.lost_frames)}")
         return "\n".join(lines)
@@ -252,7 +274,9 @@ def evaluate(
             **sample_kwargs,
         )
         generated = video.float_frames * 2 - 1  # (F, 3, H, W) in [-1, 1]
-        rows.append(_score_clip(clip, generated, dataset.max_speed))
+        model = getattr(pipe, "model", None)
+        reconstruction = None if model is None else vae_reconstruction(model, clip.frames)
+        rows.append(_score_clip(clip, generated, dataset.max_speed, reconstruction))
 
     def column(name: str) -> np.ndarray:
         return np.array([row[name] for row in rows], dtype=np.float64)
@@ -277,15 +301,50 @@ def evaluate(
         speed_ratio=_finite_median(speed_ratio),
         lost_frames=float(column("lost_frames").mean()),
         clips=rows,
+        shape_psnr=_psnr_of_mse(column("shape_mse").mean()),
+        static_shape_psnr=_psnr_of_mse(column("static_shape_mse").mean()),
+        vae_psnr=_psnr_of_mse(column("vae_mse").mean()),
+        vae_shape_psnr=_psnr_of_mse(column("vae_shape_mse").mean()),
     )
 
 
-def _score_clip(clip, generated: torch.Tensor, max_speed: float) -> dict:
+@torch.no_grad()
+def vae_reconstruction(model, frames: torch.Tensor) -> torch.Tensor:
+    """The model's VAE round trip of one clip: (F, 3, H, W) in [-1, 1] -> (F, 3, H, W) float32.
+
+    Every frame is encoded to its posterior mode and the clip is decoded as one video (all frames
+    at once), in the VAE's own dtype and device; a low-memory model reads the VAE for the call.
+    """
+    with model.resident("vae_encoder", "vae_decoder"):
+        parameter = next(model.vae.parameters())
+        latents = model.vae.encode(frames.to(parameter))  # (F, 4, h, w)
+        return model.vae.decode(latents[None])[0].float().cpu()
+
+
+def shape_mask(frames: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) -> (..., H, W) bool: pixels that differ from the frame's background plane by
+    more than SHAPE_CONTRAST (the shape, without its faint anti-aliased rim)."""
+    return (frames - background_plane(frames)).norm(dim=-3) > SHAPE_CONTRAST
+
+
+def _score_clip(
+    clip, generated: torch.Tensor, max_speed: float, reconstruction: torch.Tensor | None
+) -> dict:
     """Per-clip numbers: MSEs, tracked motion and its comparison with the truth."""
     truth = clip.frames
     later = slice(1, None)  # frames 1..F-1; frame 0 is the conditioning image
-    mse = (generated[later].double() - truth[later].double()).pow(2).mean().item()
-    static_mse = (truth[:1].double() - truth[later].double()).pow(2).mean().item()
+    shape = shape_mask(truth[later]).unsqueeze(-3).expand_as(truth[later])  # (F-1, 3, H, W)
+
+    def errors(frames: torch.Tensor | None) -> tuple[float, float]:
+        """MSE against the truth over frames 1..F-1, whole frames and on the shape."""
+        if frames is None:
+            return math.nan, math.nan
+        squared = (frames.expand_as(truth)[later].double() - truth[later].double()).pow(2)
+        return squared.mean().item(), squared[shape].mean().item()
+
+    mse, shape_mse = errors(generated)
+    static_mse, static_shape_mse = errors(truth[:1])
+    vae_mse, vae_shape_mse = errors(reconstruction)
     tracked, tracked_true = track(generated), track(truth)  # (F, 2) each
     error = (tracked[later] - clip.positions[later]).norm(dim=-1)
     static_error = (clip.positions[:1] - clip.positions[later]).norm(dim=-1)
@@ -296,6 +355,10 @@ def _score_clip(clip, generated: torch.Tensor, max_speed: float) -> dict:
         "motion_bucket_id": clip.motion_bucket_id,
         "mse": mse,
         "static_mse": static_mse,
+        "shape_mse": shape_mse,
+        "static_shape_mse": static_shape_mse,
+        "vae_mse": vae_mse,
+        "vae_shape_mse": vae_shape_mse,
         "psnr": _psnr_of_mse(mse),
         "static_psnr": _psnr_of_mse(static_mse),
         "motion_error": _nanmean(error.numpy()),
@@ -316,6 +379,8 @@ def _cosine(vector: torch.Tensor, direction: torch.Tensor) -> float:
 
 
 def _psnr_of_mse(mse: float, data_range: float = 2.0) -> float:
+    if math.isnan(mse):
+        return math.nan
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 

@@ -21,7 +21,9 @@ from svd_core.evaluate import (
     evaluate,
     pearson,
     psnr,
+    shape_mask,
     track,
+    vae_reconstruction,
     velocity,
 )
 from svd_core.loading import save
@@ -83,6 +85,22 @@ def test_background_plane_is_exact_for_a_graded_background():
     frame = plane.clone()
     frame[:, 10:30, 8:25] = 0.9  # an object inside the border does not move the fit
     assert torch.allclose(background_plane(frame[None])[0], plane, atol=1e-10)
+
+
+def test_shape_mask_covers_the_triangle():
+    dataset = MovingShapes("heldout", num_frames=4, size=64)
+    for index in range(8):
+        params = dataset.params(index)
+        (ax, ay), (bx, by), (cx, cy) = params.vertices
+        area = abs((bx - ax) * (cy - ay) - (cx - ax) * (by - ay)) / 2  # shoelace
+        mask = shape_mask(dataset[index].frames)  # (F, H, W)
+        assert mask.shape == (4, 64, 64)
+        # Edge pixels are anti-aliased over 1 px, so the mask is the area up to about half the rim.
+        perimeter = sum(
+            float(np.hypot(*(params.vertices[i] - params.vertices[i - 1]))) for i in range(3)
+        )
+        for count in mask.sum(dim=(-2, -1)).tolist():
+            assert abs(count - area) <= 0.6 * perimeter, (index, count, area)
 
 
 def test_psnr_against_an_independent_computation():
@@ -147,6 +165,10 @@ def test_the_static_baseline_scores_as_the_static_baseline(tiny_config):
     assert report.motion_error == pytest.approx(report.static_motion_error, abs=TRACK_MAX_PX)
     assert report.speed_ratio == pytest.approx(0.0, abs=0.05)
     assert math.isnan(report.motion_correlation)  # every measured speed is 0
+    assert report.shape_psnr == pytest.approx(report.static_shape_psnr, rel=1e-5)
+    # A still frame misses the moved shape: on its pixels it is far worse than over whole frames.
+    assert report.static_shape_psnr < report.static_psnr - 5
+    assert math.isnan(report.vae_psnr)  # the stand-in pipeline has no VAE
     assert report.true_motion_correlation > 0.99
     assert [call[0] for call in pipe.calls] == list(range(12))
 
@@ -156,6 +178,7 @@ def test_the_true_clips_score_perfectly(tiny_config):
     pipe = Replay(tiny_config, dataset, "truth")
     report = evaluate(pipe, num_clips=12, num_steps=3, seed=5, progress=False)
     assert report.psnr > 100 and report.static_psnr < 40
+    assert report.shape_psnr > 100 and report.static_shape_psnr < 20
     moving = [dataset[i].motion_bucket_id > 0 for i in range(12)]
     assert report.beats_static == pytest.approx(np.mean(moving))
     assert report.motion_error < TRACK_MEAN_PX
@@ -178,7 +201,14 @@ def test_report_to_dict_and_summary(tiny_config):
     assert data["num_clips"] == 3 and len(data["clips"]) == 3
     assert EvalReport(**data).summary() == report.summary()
     text = report.summary()
-    for words in ("3 held-out clips", "PSNR", "static", "motion error", "direction cosine"):
+    for words in (
+        "3 held-out clips",
+        "PSNR",
+        "static",
+        "motion error",
+        "direction cosine",
+        "shape",
+    ):
         assert words in text
 
 
@@ -194,6 +224,19 @@ def test_evaluate_runs_a_tiny_random_model(tiny_model):
     for name in ("psnr", "static_psnr", "motion_error", "static_motion_error", "lost_frames"):
         assert math.isfinite(getattr(report, name)), name
     assert 0 <= report.beats_static <= 1
+    # The VAE's round trip of the true clips, computed here without the evaluation code.
+    clips = [MovingShapes("heldout", num_frames=5, size=64)[i].frames for i in range(2)]
+    with torch.no_grad():
+        decoded = [tiny_model.vae.decode(tiny_model.vae.encode(c)[None])[0] for c in clips]
+    mse = np.mean(
+        [
+            (d[1:].double() - c[1:].double()).pow(2).mean().item()
+            for d, c in zip(decoded, clips, strict=True)
+        ]
+    )
+    assert report.vae_psnr == pytest.approx(10 * math.log10(4 / mse), rel=1e-6)
+    torch.testing.assert_close(vae_reconstruction(tiny_model, clips[0]), decoded[0])
+    assert math.isfinite(report.vae_shape_psnr)
     again = evaluate(SVDPipeline(tiny_model), num_clips=2, num_steps=1, seed=3, progress=False)
     assert again.to_dict() == report.to_dict()
 
