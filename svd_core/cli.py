@@ -125,6 +125,12 @@ def _add_train_parser(commands) -> None:
                 "--clip-frames", type=int, default=None, help="consecutive frames per clip; 0 = all"
             )
             stage.add_argument("--kl-weight", type=float, default=None)
+            stage.add_argument(
+                "--detail-weight",
+                type=float,
+                default=None,
+                help="extra loss weight on edges and small shapes; 0 = plain means",
+            )
             # For tests and experiments: the model size (the unet stage takes it from vae/).
             stage.add_argument("--preset", choices=("tiny_demo", "tiny"), default="tiny_demo")
             stage.add_argument("--config", default=None, help=argparse.SUPPRESS)
@@ -281,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     names = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "seed", "checkpoint_every")
     names += (
-        ("crop_size", "clip_frames", "kl_weight")
+        ("crop_size", "clip_frames", "kl_weight", "detail_weight")
         if args.stage == "vae"
         else ("pool_size", "cond_dropout")
     )

@@ -114,6 +114,37 @@ def test_unet_loss_decreases_on_a_fixed_batch():
     assert last < 0.5 * first, (first, last)
 
 
+def test_detail_weights_are_one_on_flat_ground_and_larger_on_a_shape():
+    frames = torch.full((1, 1, 3, 24, 24), 0.3)
+    frames[..., 10:14, 10:14] = -0.5  # a 4x4 square
+    weights = train.detail_weights(frames, strength=20.0)
+    assert weights.shape == (1, 1, 1, 24, 24)
+    # More than 3 px (half the 7-px window) from the square, nothing differs from the local mean.
+    far = torch.ones(24, 24, dtype=torch.bool)
+    far[7:17, 7:17] = False
+    # (up to the round-off of averaging 49 equal float32 values)
+    torch.testing.assert_close(weights[0, 0, 0][far], torch.ones(int(far.sum())), atol=1e-5, rtol=0)
+    # On the square: |x - local mean| = 0.8 * (1 - 16/49) at its centre pixels' 7x7 windows.
+    expected_centre = 1 + 20.0 * 0.8 * (1 - 16 / 49)
+    torch.testing.assert_close(weights[0, 0, 0, 12, 12], torch.tensor(expected_centre))
+    assert torch.equal(train.detail_weights(frames, strength=0.0), torch.ones_like(weights))
+
+
+def test_vae_loss_without_detail_weight_is_plain_l1_plus_mse_plus_kl():
+    cfg = small_config()
+    torch.manual_seed(0)
+    vae = VAE(cfg.vae)
+    frames = clip_frames(2, cfg)
+    tc = train.VAETrainConfig(detail_weight=0.0, kl_weight=1e-3)
+    loss, parts = train.vae_loss(vae, frames, tc, train.step_generator(0, 0))
+    expected = parts["l1"] + parts["mse"] + 1e-3 * parts["kl"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    weighted, _ = train.vae_loss(
+        vae, frames, dataclasses.replace(tc, detail_weight=20.0), train.step_generator(0, 0)
+    )
+    assert weighted.item() != pytest.approx(expected, rel=1e-3)  # the weights do change the loss
+
+
 # ---- the UNet step is the sampler's denoiser --------------------------------------------------------
 
 
