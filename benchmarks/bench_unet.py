@@ -365,6 +365,10 @@ def render(data: dict) -> str:
         run["load_average"] for r in rows for lib in LIBRARIES for run in r[lib]["runs"]
     ]  # fmt: skip
     first = rows[0] if rows else {}
+    peaks = sorted(
+        {r["peak_gflops"] for r in rows if "peak_gflops" in r} or {data["peak"]["gflops"]}
+    )
+    peak_text = " to ".join(f"{p:.1f}" for p in (peaks[0], peaks[-1])[: len(peaks)]) + " GFLOP/s"
     return "\n".join(
         [
             f"Measured {data['date']} on {machine['cpu']} ({machine['usable_cores']} cores, "
@@ -374,9 +378,10 @@ def render(data: dict) -> str:
             f"preset {data['preset']}, batch {first.get('batch')}, {first.get('frames')} frames, "
             f"float32, random weights. Seconds per forward: the median of each row's runs, one "
             f"forward per fresh process after its warm-up forward, the two libraries alternating. "
-            f"fp32 matmul peak {data['peak']['gflops']:.1f} GFLOP/s "
-            f"({data['peak']['before']['size']}^3, best of 5, before and after). % of peak: each library's own FLOPs (FlopCounterMode) / seconds "
-            f"/ peak. Error: svd_core's output against diffusers' (diffusers' res-block eps set "
+            f"fp32 matmul peak {peak_text} "
+            f"({data['peak']['before']['size']}^3, best of 5, before and after each run). % of "
+            f"peak: each library's own FLOPs (FlopCounterMode) / seconds / the peak of the row's "
+            f"run. Error: svd_core's output against diffusers' (diffusers' res-block eps set "
             f"to the official 1e-5).",
             "",
             table,
