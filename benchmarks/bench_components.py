@@ -343,13 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--preset", default="svd_xt", choices=PRESETS)
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
-    parser.add_argument("--readme", type=Path, default=common.README)
-    parser.add_argument("--machine", default=None, help="results file name prefix (default: CPU)")
-    parser.add_argument(
-        "--render-only", type=Path, default=None, metavar="RESULTS_JSON",
-        help="measure nothing: write the README table from this results file",
-    )  # fmt: skip
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         parser.error(
@@ -366,10 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as error:
             parser.error(str(error))
     if args.render_only:
-        try:
-            return common.render_stored(SECTION, render, args.render_only, args.readme)
-        except ValueError as error:  # no such section, or no machine: one line, exit code 2
-            parser.error(str(error))
+        return common.render_only(parser, SECTION, render, args)
 
     measured = run(args, log=functools.partial(print, flush=True))
     machine, date = common.machine_info(args.threads), common.today()

@@ -402,19 +402,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="random weights")
     parser.add_argument("--peak-size", type=int, default=PEAK_SIZE, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per process")
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
-    parser.add_argument("--readme", type=Path, default=common.README)
-    parser.add_argument("--machine", default=None, help="results file name prefix (default: CPU)")
-    parser.add_argument(
-        "--render-only", type=Path, default=None, metavar="RESULTS_JSON",
-        help="measure nothing: write the README table from this results file",
-    )  # fmt: skip
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.render_only:
-        try:
-            return common.render_stored(SECTION, render, args.render_only, args.readme)
-        except ValueError as error:  # no such section, or no machine: one line, exit code 2
-            parser.error(str(error))
+        return common.render_only(parser, SECTION, render, args)
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.batch < 1 or args.frames < 1:
         parser.error(
             f"need --runs, --threads, --batch, --frames >= 1 and --warmup >= 0, got runs "

@@ -16,6 +16,7 @@ puts a rendered table between markers in benchmarks/README.md.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib
 import importlib.metadata
@@ -298,6 +299,29 @@ def render_stored(
     data = {**sections[section], "machine": machine, "date": stored["date"]}
     update_readme(section, render(data), readme)
     return data
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every bench script shares: where results and the README table go, the results
+    file's machine prefix, and --render-only (see `render_only`)."""
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--machine", default=None, help="results file name prefix (default: CPU)")
+    parser.add_argument(
+        "--render-only", type=Path, default=None, metavar="RESULTS_JSON",
+        help="measure nothing: write the README table from this results file",
+    )  # fmt: skip
+
+
+def render_only(
+    parser: argparse.ArgumentParser, section: str, render: Callable[[dict], str], args
+) -> dict:
+    """`render_stored` for a script's --render-only; a file without the section (or without
+    machine info) is one line and exit code 2 through `parser.error`."""
+    try:
+        return render_stored(section, render, args.render_only, args.readme)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def publish(
