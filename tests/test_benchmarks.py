@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import svd_core
-from benchmarks import bench_loading, bench_unet, common
+from benchmarks import bench_gpu, bench_loading, bench_unet, common
 from benchmarks.make_weights import diffusers_path, make_weights, official_path
 from svd_core import SVDConfig
 from svd_core.loading import save
@@ -225,7 +225,9 @@ def test_results_files_with_one_machine_for_the_whole_file_still_render(tmp_path
         common.render_stored("missing", _describe_machine, path, readme)
 
 
-@pytest.mark.parametrize("script", [bench_loading, bench_unet], ids=["loading", "unet"])
+@pytest.mark.parametrize(
+    "script", [bench_loading, bench_unet, bench_gpu], ids=["loading", "unet", "gpu"]
+)
 def test_render_only_of_a_file_without_the_section_is_one_line_and_exit_code_2(
     script, tmp_path, capsys
 ):
@@ -318,3 +320,152 @@ def test_bench_unet_end_to_end_writes_results_and_the_readme_table(tmp_path):
     bench_unet.main(["--render-only", str(results), "--readme", str(again)])
     section = text[text.index("<!-- unet_forward:begin -->") :]
     assert again.read_text().strip() == section.strip()
+
+
+# ---- bench_gpu -----------------------------------------------------------------------------------
+
+# Frames in [0, 1] after a whole float32 run of the same random weights, svd_core with
+# numerics="diffusers" against diffusers with its res-block eps at the official 1e-5: round-off
+# only. The bound of the end-to-end parity test with diffusers (tests/test_pipeline.py, PARITY_ATOL).
+PIPELINE_PARITY_ATOL = 5e-5
+GPU_VARIANTS = [
+    f"{library}-float32-{mode}" for library in ("diffusers", "svd_core") for mode in bench_gpu.MODES
+]
+
+
+def test_bench_gpu_on_the_cpu_writes_results_and_the_readme_table(cache, tmp_path, monkeypatch):
+    """Every variant's process at tiny size on the CPU (float32: half precision on a CPU is slow
+    or unsupported). The compiled mode runs with dynamo disabled (TORCH_COMPILE_DISABLE, inherited
+    by the measurement processes): its wiring (the UNet wrapped by torch.compile, the warm-up
+    video, the graph counter) is what is checked here; dynamo tracing the tiny UNet alone takes
+    about 100 s on this machine, most of it in einops (see the report in the commit)."""
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
+    readme = tmp_path / "README.md"
+    readme.write_text("# benchmarks\n\nIntro that must stay.\n")
+    argv = ["--device", "cpu", "--preset", "tiny", "--cache", str(cache), "--height", "64",
+            "--width", "64", "--frames", "3", "--steps", "2", "--decode-chunk", "3",
+            "--dtypes", "float32", "--modes", "eager", "compiled", "--compile-backend", "eager",
+            "--runs", "1", "--warmup", "0", "--threads", "1",
+            "--results-dir", str(tmp_path / "results"), "--readme", str(readme),
+            "--machine", "testbox"]  # fmt: skip
+    data = bench_gpu.main(argv)
+
+    rows = data["rows"]
+    assert sorted(rows) == sorted(GPU_VARIANTS)
+    for name, row in rows.items():
+        assert len(row["runs"]) == 1 and row["video_s"] == row["runs"][0]["video_s"] > 0
+        assert row["load_s"] > 0 and row["warmup_s"] > 0 and row["peak_rss_bytes"] > 0
+        assert row["device_name"] == "cpu"
+        for field in ("gpu_weights_bytes", "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes"):
+            assert row[field] is None, (name, field)
+        assert "ratio_tensorrt" not in row  # not the TensorRT figure's settings
+        compiled = row["mode"] == "compiled"
+        assert row["graphs_compiled_in_timed_video"] == (0 if compiled else None)
+    for mode in bench_gpu.MODES:
+        ours, theirs = rows[f"svd_core-float32-{mode}"], rows[f"diffusers-float32-{mode}"]
+        assert ours["ratio_video_s"] == ours["video_s"] / theirs["video_s"]
+        assert ours["ratio_peak_rss"] == ours["peak_rss_bytes"] / theirs["peak_rss_bytes"]
+        assert "ratio_gpu_peak_allocated" not in ours
+        assert 0 <= ours["max_abs_error"] < PIPELINE_PARITY_ATOL
+        assert "max_abs_error" not in theirs and "ratio_video_s" not in theirs
+    command = rows["svd_core-float32-compiled"]["command"]
+    assert command == (
+        "python benchmarks/bench_gpu.py --libraries diffusers svd_core --dtypes float32 "
+        "--modes compiled --runs 1 --warmup 0 --threads 1 --device cpu --height 64 --width 64 "
+        "--frames 3 --steps 2 --decode-chunk 3 --compile-backend eager --preset tiny"
+    )
+
+    [results] = (tmp_path / "results").glob("testbox-*.json")
+    stored = json.loads(results.read_text())["benchmarks"]["gpu"]
+    assert sorted(stored["rows"]) == sorted(GPU_VARIANTS)
+    assert stored["gpu"] is None and stored["device"] == "cpu" and stored["machine"]["threads"] == 1
+    assert stored["tensorrt_h100_s"] == bench_gpu.TENSORRT_H100_S
+
+    text = readme.read_text()
+    assert text.startswith("# benchmarks\n\nIntro that must stay.\n")
+    assert "<!-- gpu:begin -->" in text and "<!-- gpu:end -->" in text
+    [line] = [row for row in text.splitlines() if row.startswith("| svd_core-float32-compiled |")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert len(cells) == 12 and cells[-1] == f"`{command}`"
+    assert cells[4] == cells[5] == "-" and cells[10] == "-"  # no GPU memory, no TensorRT ratio
+    assert cells[8].endswith("(RSS)")  # the memory ratio falls back to resident memory
+
+    again = tmp_path / "again.md"
+    bench_gpu.main(["--render-only", str(results), "--readme", str(again)])
+    section = text[text.index("<!-- gpu:begin -->") :]
+    assert again.read_text().strip() == section.strip()
+
+
+def test_bench_gpu_renders_gpu_memory_and_the_tensorrt_ratio():
+    """A GPU row as a CUDA run stores it: GiB, ratios and the TensorRT column (made-up numbers)."""
+    gpu_row = {"gpu_weights_bytes": 2**30, "gpu_peak_allocated_bytes": 3 * 2**30,
+               "gpu_peak_reserved_bytes": 4 * 2**30, "peak_rss_bytes": 2**31, "load_s": 5.0,
+               "warmup_s": 70.0, "video_s": 45.2, "runs": [], "command": "c",
+               "graphs_compiled_in_timed_video": 0}  # fmt: skip
+    ours = {**gpu_row, "variant": "svd_core-float16-compiled", "ratio_video_s": 0.5}
+    ours.update(ratio_gpu_peak_allocated=0.75, max_abs_error=0.01, ratio_tensorrt=2.0)
+    theirs = {**gpu_row, "variant": "diffusers-float16-compiled", "ratio_tensorrt": 4.0}
+    machine = {"cpu": "Xeon", "usable_cores": 16, "threads": 4}
+    machine["packages"] = {"torch": "2.14.1", "diffusers": "0.42.1"}
+    data = {"rows": {"a": ours, "b": theirs}, "machine": machine, "date": "2026-01-02"}
+    data.update(preset="svd_xt", height=576, width=1024, frames=25, steps=25, decode_chunk=8)
+    data.update(warmup_videos=1, compile_mode="default", compile_backend="inductor")
+    data["gpu"] = {"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.2, "cuda": "13.0"}
+    text = bench_gpu.render(data)
+    assert "NVIDIA H100 80GB HBM3 (79.2 GiB), CUDA 13.0" in text and "mode default" in text
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[1].startswith("| diffusers-float16-compiled |")  # diffusers first, then ours
+    cells = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert cells[:6] == ["svd_core-float16-compiled", "5", "24.8", "45.2", "3", "4"]
+    assert cells[6:11] == ["2", "0.5", "0.75", "0.01", "2"]
+    assert "Recompiled" not in text
+    ours["graphs_compiled_in_timed_video"] = 2
+    assert "Recompiled during the timed video" in bench_gpu.render(data)
+    settings = {"preset": "svd_xt", "height": 576, "width": 1024, "frames": 25}
+    assert bench_gpu.compares_with_tensorrt(settings)
+    assert not bench_gpu.compares_with_tensorrt({**settings, "frames": 14})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_bench_gpu_without_cuda_is_one_line_and_exit_code_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_gpu.main(["--cache", str(tmp_path), "--results-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--device cuda asked, but this machine has no usable CUDA device" in error
+    assert "--device cpu" in error and not list(tmp_path.iterdir())  # nothing measured or written
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--runs", "0"], "need --runs >= 1"),
+        (["--warmup", "-1"], "need --runs >= 1"),
+        (["--height", "100"], "multiples of 64, got 100x1024"),
+        (["--width", "0"], "multiples of 64, got 576x0"),
+        (["--frames", "0"], "need --frames, --steps and --decode-chunk >= 1"),
+        (["--warmup-videos", "0"], "--modes compiled needs --warmup-videos >= 1"),
+        (["--device", "tpu"], "--device must be cuda, cuda:N or cpu, got 'tpu'"),
+        (["--dtypes", "int8"], "invalid choice: 'int8'"),
+    ],
+)
+def test_bench_gpu_refuses_nonsense_with_one_line_and_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_gpu.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_gpu_measure_rejects_unknown_names_and_a_compiled_run_without_warm_up():
+    with pytest.raises(ValueError, match="library must be one of"):
+        bench_gpu.measure("onnx", "float16", "eager", "nowhere")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        bench_gpu.measure("svd_core", "int8", "eager", "nowhere")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        bench_gpu.measure("svd_core", "float16", "jit", "nowhere")
+    with pytest.raises(ValueError, match="compiled mode needs warmup_videos >= 1"):
+        bench_gpu.measure("svd_core", "float16", "compiled", "nowhere", warmup_videos=0)
+    image = bench_gpu.make_image(64, 128, seed=1)
+    assert image.size == (128, 64) and image.mode == "RGB"
+    assert image.tobytes() == bench_gpu.make_image(64, 128, seed=1).tobytes()
+    assert bench_gpu.weight_dtype("bfloat16") == "float16"
