@@ -32,11 +32,11 @@ diffusers (transformers `CLIPVisionModelWithProjection`) layouts.
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
 from .config import ImageEncoderConfig
+from .nn.layout import rearrange  # einops.rearrange, cheap for torch.compile to trace
 
 PREPROCESS_MODES = ("official", "diffusers")
 

@@ -9,7 +9,8 @@ A 2D latent-diffusion UNet in which every block has a temporal twin:
   alpha = sigmoid(mix_factor), and alpha = 1 for frames marked as independent images.
 
 Frames are folded into the batch inside the network: (B, F, C, H, W) at the boundary, (B*F, C, H, W)
-between blocks, as both references do. The temporal parts unfold them again.
+between blocks, as both references do. The temporal parts unfold them again. Every fold is an einops
+pattern through `svd_core.nn.layout.rearrange` (einops' own, made cheap for torch.compile to trace).
 
 Layout, for the default config (channels per level 320, 640, 1280, 1280):
 
@@ -29,13 +30,13 @@ feeds every cross-attention.
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .config import UNetConfig
 from .nn import AlphaBlend, EmbeddingMLP, GroupNorm32, ResBlock, Upsample, timestep_embedding
+from .nn.layout import rearrange
 from .nn.transformer import SpatialTransformerBlock, TemporalTransformerBlock
 
 # The transformers' input GroupNorm: eps 1e-6 in both references (official `Normalize`, diffusers

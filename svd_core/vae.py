@@ -24,12 +24,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
 from .config import VAEConfig
 from .nn import AlphaBlend, Attention, GroupNorm32, ResBlock, Upsample
+from .nn.layout import rearrange  # einops.rearrange, cheap for torch.compile to trace
 
 # The temporal half of every video res block normalizes with eps 1e-5 (official `time_stack` is the
 # UNet's ResBlock, whose GroupNorm32 keeps torch's default; diffusers passes temporal_eps=1e-5). The

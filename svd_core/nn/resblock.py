@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
+from .layout import rearrange  # einops.rearrange, cheap for torch.compile to trace
 from .norm import GroupNorm32
 
 
