@@ -337,8 +337,8 @@ def test_bench_gpu_on_the_cpu_writes_results_and_the_readme_table(cache, tmp_pat
     """Every variant's process at tiny size on the CPU (float32: half precision on a CPU is slow
     or unsupported). The compiled mode runs with dynamo disabled (TORCH_COMPILE_DISABLE, inherited
     by the measurement processes): its wiring (the UNet wrapped by torch.compile, the warm-up
-    video, the graph counter) is what is checked here; dynamo tracing the tiny UNet alone takes
-    about 100 s on this machine, most of it in einops (see the report in the commit)."""
+    video, the graph counter) is what is checked here; tracing both libraries' tiny UNets would add
+    tens of seconds, and tests/test_compile.py checks svd_core's compiled graphs."""
     monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
     readme = tmp_path / "README.md"
     readme.write_text("# benchmarks\n\nIntro that must stay.\n")
