@@ -257,7 +257,12 @@ class Decoder(nn.Module):
             )
 
     def forward(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
-        h = self.conv_in(z)
+        # Channels-last from here on: every conv, norm and elementwise op keeps that layout (the
+        # temporal blocks see it as channels-last 3D through their rearranges, and conv_over_frames
+        # computes in it), so oneDNN's convs need no layout conversion of their input. On CPU with
+        # 2 threads the decode is about 12% faster than in the standard layout
+        # (benchmarks/results/profile-vae-decode-findings.txt).
+        h = self.conv_in(z).contiguous(memory_format=torch.channels_last)
         h = self.mid(h, num_frames)
         for level in reversed(self.levels):
             h = level(h, num_frames)
@@ -266,7 +271,7 @@ class Decoder(nn.Module):
             h = rearrange(h, "(b f) c h w -> b c f h w", f=num_frames)
             h = self.temporal_conv_out(h)
             h = rearrange(h, "b c f h w -> (b f) c h w")
-        return h
+        return h.contiguous()
 
 
 # ---- the autoencoder -----------------------------------------------------------------------------

@@ -168,19 +168,23 @@ def test_geglu_in_place_inference_equals_the_formula_and_the_autograd_path():
 # ---- temporal convolution ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
 @pytest.mark.parametrize("frames", [1, 2, 5])
 @pytest.mark.parametrize("kernel", [1, 3, 5])
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv_over_frames_equals_conv3d_and_its_gradients(frames, kernel, bias):
+def test_conv_over_frames_equals_conv3d_and_its_gradients(layout, frames, kernel, bias):
+    """Both layouts (the UNet's standard one, the VAE decoder's channels-last) give the Conv3d's
+    output and gradients, and the output keeps the input's layout."""
     torch.manual_seed(0)
     conv = torch.nn.Conv3d(6, 10, (kernel, 1, 1), padding=(kernel // 2, 0, 0), bias=bias)
-    x = torch.randn(2, 6, frames, 3, 4, requires_grad=True)
+    x = torch.randn(2, 6, frames, 3, 4).contiguous(memory_format=layout).requires_grad_()
     upstream = torch.randn(2, 10, frames, 3, 4)
     expected = conv(x)
     expected_grads = torch.autograd.grad((expected * upstream).sum(), [x, *conv.parameters()])
     got = conv_over_frames(conv, x)
     got_grads = torch.autograd.grad((got * upstream).sum(), [x, *conv.parameters()])
     assert got.shape == expected.shape
+    assert got.is_contiguous(memory_format=layout)
     assert (got - expected).abs().max() <= BLOCK_ATOL
     for g, e in zip(got_grads, expected_grads, strict=True):
         assert (g - e).abs().max() <= BLOCK_ATOL
@@ -200,6 +204,26 @@ def test_conv_over_frames_rejects_a_conv_of_another_geometry(kernel, padding, st
     conv = torch.nn.Conv3d(6, 10, kernel, padding=padding, stride=stride)
     with pytest.raises(ValueError, match=r"needs a Conv3d of odd kernel \(k, 1, 1\).*got kernel"):
         conv_over_frames(conv, torch.randn(2, 6, 5, 3, 4))
+
+
+def test_vae_decoder_runs_channels_last_and_returns_the_standard_layout():
+    """The decoder converts to channels-last after conv_in (faster oneDNN convs on CPU); every
+    spatial conv after it sees that layout, and the frames come back contiguous."""
+    from svd_core import SVDConfig, SVDModel
+
+    vae = SVDModel(SVDConfig.tiny()).vae.eval()
+    seen = []
+    for module in vae.decoder.modules():
+        if isinstance(module, torch.nn.Conv2d) and module is not vae.decoder.conv_in:
+            module.register_forward_pre_hook(
+                lambda m, args: seen.append(
+                    args[0].is_contiguous(memory_format=torch.channels_last)
+                )
+            )
+    with torch.no_grad():
+        frames = vae.decode(torch.randn(1, 3, 4, 4, 4))
+    assert seen and all(seen)
+    assert frames.is_contiguous()
 
 
 # ---- blend ---------------------------------------------------------------------------------------
