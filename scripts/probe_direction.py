@@ -116,9 +116,7 @@ def latent_probe(model_path: str, pixels: bool, train: int, test: int, steps: in
             return torch.nn.functional.avg_pool2d(frames, 8)
         with torch.no_grad():
             return (
-                torch.cat(
-                    [model.vae.encode(part.to(dtype)) for part in frames.split(256)]
-                ).float()
+                torch.cat([model.vae.encode(part.to(dtype)) for part in frames.split(256)]).float()
                 * factor
             )
 
