@@ -73,7 +73,7 @@ def make_image(size: int, seed: int = 0):
 # ---- the measurement (runs in a fresh process, through common.run_in_subprocess) ---------------
 
 
-def _import(variant: str) -> None:
+def import_library(variant: str) -> None:
     """Import the library of `variant` completely (diffusers imports its modules lazily)."""
     if variant == "diffusers":
         import diffusers
@@ -83,40 +83,57 @@ def _import(variant: str) -> None:
         import svd_core  # noqa: F401
 
 
-def _diffusers_video(source: str, image, size, frames, steps, chunk, seed):
-    """Load diffusers' pipeline; return (load seconds, generate function)."""
+def diffusers_pipeline(source: str, **from_pretrained):
+    """diffusers' SVD pipeline from `source` (`from_pretrained` keywords), progress bar off.
+
+    diffusers resizes the CLIP input to 224 always; at another CLIP input size (only the tiny test
+    preset) its resize is patched to that size. Also used by bench_gpu.py.
+    """
     import diffusers
     import diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion as module
-    import torch
 
-    pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)
+    pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(source, **from_pretrained)
     pipe.set_progress_bar_config(disable=True)
     clip_size = pipe.image_encoder.config.image_size
-    if (
-        clip_size != 224
-    ):  # only the tiny test preset: diffusers resizes the CLIP input to 224 always
+    if clip_size != 224:
         resize = module._resize_with_antialiasing
         module._resize_with_antialiasing = lambda x, _, **kw: resize(
             x, (clip_size, clip_size), **kw
         )
+    return pipe
+
+
+def diffusers_frames(pipe, image, height, width, frames, steps, chunk, seed, output_type):
+    """One video of `pipe` with SETTINGS' conditioning: its frames in `output_type` ("pt":
+    (F, 3, H, W), "np": (F, H, W, 3), in [0, 1])."""
+    import torch
+
+    result = pipe(
+        image,
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=steps,
+        min_guidance_scale=SETTINGS["min_guidance"],
+        max_guidance_scale=SETTINGS["max_guidance"],
+        fps=SETTINGS["fps"],  # diffusers conditions on fps - 1, as svd_core does
+        motion_bucket_id=SETTINGS["motion_bucket_id"],
+        noise_aug_strength=SETTINGS["cond_aug"],
+        decode_chunk_size=chunk,
+        generator=torch.Generator().manual_seed(seed),
+        output_type=output_type,
+    )
+    return result.frames[0]
+
+
+def _diffusers_video(source: str, image, size, frames, steps, chunk, seed):
+    """Load diffusers' pipeline; return the generate function -> (F, 3, H, W) in [0, 1]."""
+    import torch
+
+    pipe = diffusers_pipeline(source, torch_dtype=torch.float32)
 
     def generate() -> torch.Tensor:
-        result = pipe(
-            image,
-            height=size,
-            width=size,
-            num_frames=frames,
-            num_inference_steps=steps,
-            min_guidance_scale=SETTINGS["min_guidance"],
-            max_guidance_scale=SETTINGS["max_guidance"],
-            fps=SETTINGS["fps"],
-            motion_bucket_id=SETTINGS["motion_bucket_id"],
-            noise_aug_strength=SETTINGS["cond_aug"],
-            decode_chunk_size=chunk,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="pt",
-        )
-        return result.frames[0]  # (F, 3, H, W) in [0, 1]
+        return diffusers_frames(pipe, image, size, size, frames, steps, chunk, seed, "pt")
 
     return generate
 
@@ -166,7 +183,7 @@ def measure(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     image = make_image(size, seed)
-    _import(variant)  # import time is not load time
+    import_library(variant)  # import time is not load time
     start = time.perf_counter()
     if variant == "diffusers":
         generate = _diffusers_video(source, image, size, frames, steps, decode_chunk, seed)

@@ -82,7 +82,12 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `svd_cor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.bench_e2e import SETTINGS  # noqa: E402  (the same conditioning in both benchmarks)
+from benchmarks.bench_e2e import (  # noqa: E402  (the same conditioning and diffusers calls)
+    SETTINGS,
+    diffusers_frames,
+    diffusers_pipeline,
+    import_library,
+)
 from benchmarks.make_weights import (  # noqa: E402
     DEFAULT_CACHE,
     PRESETS,
@@ -138,16 +143,6 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _import(library: str) -> None:
-    """Import the library completely (diffusers imports its modules lazily): not load time."""
-    if library == "diffusers":
-        import diffusers
-
-        diffusers.StableVideoDiffusionPipeline  # noqa: B018
-    else:
-        import svd_core  # noqa: F401
-
-
 def _svd_core_pipeline(source, dtype, device, image, height, width, frames, steps, chunk, seed):
     """Load svd_core to `device`; return (generate function -> frames (F, 3, H, W), compile
     function taking torch.compile's options)."""
@@ -184,51 +179,23 @@ def _diffusers_pipeline(
 ):
     """Load diffusers' pipeline to `device`, its res-block eps set to the official value; return
     (generate function -> frames (F, 3, H, W), compile function)."""
-    import diffusers
-    import diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion as module
     import torch
     from diffusers.models.resnet import SpatioTemporalResBlock
 
     from svd_core import SVDConfig
 
     variant = None if dtype == torch.float32 else "fp16"
-    pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(
-        source, torch_dtype=dtype, variant=variant
-    ).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_pipeline(source, torch_dtype=dtype, variant=variant).to(device)
     eps = getattr(SVDConfig, preset)().unet.norm_eps  # official 1e-5 (diffusers: 1e-6 in some)
     for block in pipe.unet.modules():
         if isinstance(block, SpatioTemporalResBlock):
             for res_block in (block.spatial_res_block, block.temporal_res_block):
                 res_block.norm1.eps = res_block.norm2.eps = eps
-    clip_size = pipe.image_encoder.config.image_size
-    if (
-        clip_size != 224
-    ):  # only the tiny test preset: diffusers resizes the CLIP input to 224 always
-        resize = module._resize_with_antialiasing
-        module._resize_with_antialiasing = lambda x, _, **kw: resize(
-            x, (clip_size, clip_size), **kw
-        )
 
     def generate() -> torch.Tensor:
-        result = pipe(
-            image,
-            height=height,
-            width=width,
-            num_frames=frames,
-            num_inference_steps=steps,
-            min_guidance_scale=SETTINGS["min_guidance"],
-            max_guidance_scale=SETTINGS["max_guidance"],
-            fps=SETTINGS["fps"],  # diffusers conditions on fps - 1, as svd_core does
-            motion_bucket_id=SETTINGS["motion_bucket_id"],
-            noise_aug_strength=SETTINGS["cond_aug"],
-            decode_chunk_size=chunk,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="np",  # on the CPU, as svd_core's Video
-        )
-        return torch.from_numpy(result.frames[0]).permute(
-            0, 3, 1, 2
-        )  # (F, H, W, 3) -> (F, 3, H, W)
+        # "np": on the CPU, as svd_core's Video; (F, H, W, 3) -> (F, 3, H, W)
+        video = diffusers_frames(pipe, image, height, width, frames, steps, chunk, seed, "np")
+        return torch.from_numpy(video).permute(0, 3, 1, 2)
 
     def compile_unet(**options) -> None:
         pipe.unet = torch.compile(pipe.unet, **options)
@@ -281,7 +248,7 @@ def measure(
     torch_dtype = getattr(torch, dtype)
     image = make_image(height, width, seed)
     options = (image, height, width, frames, steps, decode_chunk, seed)
-    _import(library)
+    import_library(library)
     _synchronize(device)
     start = time.perf_counter()
     if library == "diffusers":

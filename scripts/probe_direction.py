@@ -73,6 +73,26 @@ def eight_way(vectors: torch.Tensor) -> torch.Tensor:
     return (torch.round(torch.atan2(vectors[:, 1], vectors[:, 0]) / (math.pi / 4)) % 8).long()
 
 
+def fit_classifier(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[float, float]:
+    """Train `net` on (features, labels 0..7) with cross-entropy, 128 random rows a step; return
+    its accuracy on the training set and on the test set."""
+    features, labels = train
+    for _ in range(steps):
+        rows = torch.randint(0, len(features), (128,))
+        loss = torch.nn.functional.cross_entropy(net(features[rows]), labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return tuple((net(x).argmax(1) == y).float().mean().item() for x, y in (train, test))
+
+
 def probe(model_path: str, train: int, test: int, steps: int) -> None:
     """Fit a linear 8-way classifier of the direction on a model's image embeddings."""
     model = svd_core.load(model_path).eval()
@@ -89,15 +109,9 @@ def probe(model_path: str, train: int, test: int, steps: int) -> None:
     y_train, y_test = eight_way(d_train), eight_way(d_test)
     head = torch.nn.Linear(e_train.shape[1], 8)
     optimizer = torch.optim.AdamW(head.parameters(), 3e-3, weight_decay=1e-3)
-    for _ in range(steps):
-        rows = torch.randint(0, train, (128,))
-        loss = torch.nn.functional.cross_entropy(head(e_train[rows]), y_train[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        accuracy_train = (head(e_train).argmax(1) == y_train).float().mean().item()
-        accuracy_test = (head(e_test).argmax(1) == y_test).float().mean().item()
+    accuracy_train, accuracy_test = fit_classifier(
+        head, optimizer, steps, (e_train, y_train), (e_test, y_test)
+    )
     print(
         f"linear probe of {model_path}'s image embedding ({e_train.shape[1]} numbers), 8 directions: "
         f"train accuracy {accuracy_train:.3f} ({train} clips), held-out {accuracy_test:.3f} "
@@ -138,15 +152,9 @@ def latent_probe(model_path: str, pixels: bool, train: int, test: int, steps: in
         torch.nn.Linear(width, 8),
     )
     optimizer = torch.optim.AdamW(net.parameters(), 2e-3)
-    for _ in range(steps):
-        rows = torch.randint(0, train, (128,))
-        loss = torch.nn.functional.cross_entropy(net(f_train[rows]), y_train[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        accuracy_train = (net(f_train).argmax(1) == y_train).float().mean().item()
-        accuracy_test = (net(f_test).argmax(1) == y_test).float().mean().item()
+    accuracy_train, accuracy_test = fit_classifier(
+        net, optimizer, steps, (f_train, y_train), (f_test, y_test)
+    )
     what = "the frame average-pooled to 8x8" if pixels else f"{model_path}'s VAE latent"
     print(
         f"CNN probe of {what} {tuple(f_train.shape[1:])}, 8 directions: train accuracy "
