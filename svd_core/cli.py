@@ -138,6 +138,13 @@ def _add_train_parser(commands) -> None:
             stage.add_argument("--pool-size", type=int, default=None, help="clips encoded once")
             stage.add_argument("--cond-dropout", type=float, default=None)
             stage.add_argument(
+                "--p-mean",
+                type=float,
+                default=None,
+                help="mean of ln sigma (training noise levels)",
+            )
+            stage.add_argument("--p-std", type=float, default=None, help="std of ln sigma")
+            stage.add_argument(
                 "--freeze-image-encoder", action="store_true", help="as the official model"
             )
             stage.add_argument(
@@ -289,7 +296,7 @@ def _train(args: argparse.Namespace) -> int:
     names += (
         ("crop_size", "clip_frames", "kl_weight", "detail_weight")
         if args.stage == "vae"
-        else ("pool_size", "cond_dropout")
+        else ("pool_size", "cond_dropout", "p_mean", "p_std")
     )
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.stage == "vae":

@@ -412,8 +412,11 @@ def test_cli_trains_both_stages_and_exports(tmp_path, capsys):
     assert svd_core.cli.main(vae) == 0
     assert "vae: 2 steps" in capsys.readouterr().out
     # --fsdp in one process: nothing to shard, it trains unwrapped (FSDP: tests/test_distributed.py)
-    assert svd_core.cli.main(["train", "unet", *common, "--pool-size", "4", "--fsdp"]) == 0
+    unet = ["train", "unet", *common, "--pool-size", "4", "--p-mean", "0.7", "--p-std", "1.2"]
+    assert svd_core.cli.main([*unet, "--fsdp"]) == 0
     assert "unet: 2 steps" in capsys.readouterr().out
+    saved = train.load_checkpoint(out / "unet" / train.CHECKPOINT_NAME)["train_config"]
+    assert (saved["p_mean"], saved["p_std"], saved["pool_size"]) == (0.7, 1.2, 4)
     # Again without --resume: one-line error, exit code 2, the checkpoint untouched.
     assert svd_core.cli.main(["train", "unet", *common, "--pool-size", "4"]) == 2
     assert "--resume" in capsys.readouterr().err
