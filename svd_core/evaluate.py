@@ -34,7 +34,7 @@ from .pipeline import SVDPipeline
 BORDER = 2  # px of frame border that is background in every clip (the data's MARGIN)
 MIN_VISIBLE = 0.1  # frames whose largest difference from the background is below this: lost
 MIN_COVERAGE = 0.2  # pixels whose estimated coverage is below this are ignored (sampling noise)
-WINDOW = 0.25  # only pixels this fraction of the frame size from the object's interior count
+WINDOW = 0.35  # only pixels this fraction of the frame size from the object's interior count
 TIE = 1e-6  # relative MSE difference below which the model does not beat the baseline
 MIN_TRAVEL = 2.0  # px over a clip: clips that move less have no readable direction
 SHAPE_CONTRAST = 0.4  # half the data's least shape-background distance (MIN_CONTRAST 0.8)
@@ -83,7 +83,7 @@ def track(frames: torch.Tensor) -> torch.Tensor:
     3. Each pixel's coverage is its difference projected on c, <d, c> / |c|^2, clipped to [0, 1];
        coverages below MIN_COVERAGE are set to 0 (faint noise in generated frames).
     4. The centre is the coverage-weighted centroid of the pixels within WINDOW x frame size of
-       the interior's centroid (the triangle reaches at most 0.21 x size from its centre).
+       the interior's centroid (the apex is at most 2/3 x 28/64 = 0.29 x size from the centre).
        Frames with no difference of at least MIN_VISIBLE are lost: NaN.
     On true clips this is the triangle's centroid to about 0.05 px (tests/test_evaluate.py).
     """

@@ -79,7 +79,7 @@ def test_motion_law_positions_follow_motion_bucket_and_fps():
     expected = batch["positions"][:, :1] + t * step * batch["direction"][:, None]
     assert torch.allclose(batch["positions"], expected, atol=1e-4)
     # The default speed scale: the longest triangle, along an axis, at the lowest fps, fills the room.
-    room = SIZE - 1 - 2 * MARGIN - 20
+    room = SIZE - 1 - 2 * MARGIN - 28  # the longest triangle: 28 px at 64x64
     assert dataset.max_speed == pytest.approx(room * FPS_RANGE[0] / (FRAMES - 1))
 
 

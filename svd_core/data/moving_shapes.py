@@ -17,8 +17,8 @@ column j is (j, i)). fps is an integer in [6, 14], motion_bucket_id an integer i
 direction one of 8 (multiples of 45 degrees): all drawn independently of the image. The start is
 drawn so that the whole triangle stays at least MARGIN px inside the frame in every frame, and
 max_speed defaults to the largest speed for which that is always possible (the longest triangle
-moving along an axis at the lowest fps for the whole clip): 33.4 px/s at 64x64 and 8 frames, so
-up to 5.6 px per frame and 39 px over a clip. The triangle is 12-20 px long at 64x64
+moving along an axis at the lowest fps for the whole clip): 26.6 px/s at 64x64 and 8 frames, so
+up to 4.4 px per frame and 31 px over a clip. The triangle is 20-28 px long at 64x64
 (scaled with `size`); colours and backgrounds are random, the triangle clearly off the background.
 
 Clip i of a split is a pure function of (split, seed, i, num_frames, size): its random draws come
@@ -40,7 +40,7 @@ SPLITS = {"train": (0, 1_000_000), "heldout": (1, 512)}  # split -> (seed-stream
 FPS_RANGE = (6, 14)  # integer frame rates, inclusive: fps_id 5..13, inside the official 5..30
 MOTION_BUCKET_MAX = 255
 NUM_DIRECTIONS = 8
-LENGTH_RANGE = (12 / 64, 20 / 64)  # triangle length (base to apex) as a fraction of `size`
+LENGTH_RANGE = (20 / 64, 28 / 64)  # triangle length (base to apex) as a fraction of `size`
 WIDTH_RATIO_RANGE = (0.55, 0.75)  # base width / length: narrow enough to show which end is the apex
 MARGIN = 2.0  # px between the triangle and the frame edge, always (the 2-px border is background)
 MIN_CONTRAST = 0.8  # least RGB distance (in [-1, 1] units) between triangle and background colour
