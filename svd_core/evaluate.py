@@ -83,7 +83,8 @@ def track(frames: torch.Tensor) -> torch.Tensor:
     3. Each pixel's coverage is its difference projected on c, <d, c> / |c|^2, clipped to [0, 1];
        coverages below MIN_COVERAGE are set to 0 (faint noise in generated frames).
     4. The centre is the coverage-weighted centroid of the pixels within WINDOW x frame size of
-       the interior's centroid (the apex is at most 2/3 x 28/64 = 0.29 x size from the centre).
+       the interior's centroid (the apex is 2/3 of the triangle's length from its centre: at most
+       0.29 x size for the data's longest triangle, `moving_shapes.LENGTH_RANGE`).
        Frames with no difference of at least MIN_VISIBLE are lost: NaN.
     On true clips this is the triangle's centroid to about 0.05 px (tests/test_evaluate.py).
     """
