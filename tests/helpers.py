@@ -12,8 +12,9 @@ import torch
 from svd_core import SVDConfig
 from svd_core.model import SVDModel
 
-# The key list made from the official model definition, in the shared/ folder beside the repository.
-OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "official_keys.json"
+# Every tensor of the official single-file checkpoints (name, shape, dtype) and the per-component
+# counts, made from the official model definition (tests/data/README.md says how).
+OFFICIAL_KEYS = Path(__file__).resolve().parent / "data" / "official_keys.json"
 
 
 def random_model(seed: int = 0) -> SVDModel:
