@@ -4,12 +4,12 @@ The tiny demo model reads the motion direction from the first frame only weakly 
 cosine 0.41, weights/README.md). This script measures where that information is lost:
 
     # 1. Linear probe: is the direction in a trained model's image embedding?
-    python scripts/probe_direction.py probe --model weights/svd_core_tiny_demo.safetensors
+    python scripts/probe_direction.py probe --model svd_core/weights/svd_core_tiny_demo.safetensors
 
     # 2. Is the direction in the VAE latent of the first frame, which the UNet sees? A small CNN
     #    (three 3x3 convs, max-pooled, linear), trained to classify the 8 directions from it;
     #    `--pixels` trains the same CNN on the frame average-pooled to the latent's 8x8 instead.
-    python scripts/probe_direction.py latent --model weights/svd_core_tiny_demo.safetensors [--pixels]
+    python scripts/probe_direction.py latent --model svd_core/weights/svd_core_tiny_demo.safetensors [--pixels]
 
     # 3. Can the tiny ViT learn it at all? A fresh tiny_demo image encoder plus a linear head,
     #    trained to regress the direction (cos, sin) from the first frame.

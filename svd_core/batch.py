@@ -4,10 +4,11 @@ Input i of the sorted input list is generated with seed `base_seed + i` by rank 
 processes, so the videos do not depend on the world size (one process gives the same files as eight).
 Every rank loads its own model; ranks never talk while generating, so the run scales linearly.
 
-Resuming: each finished video is written atomically, then a record (input, output, seed, settings,
-model, frames, seconds) is appended and flushed to OUT_DIR/manifest-rank{r}.jsonl. A later run skips
-an input whose output exists and whose latest record has the same seed, settings and model; any
-other output is (re)generated. At the end rank 0 merges every rank file into OUT_DIR/manifest.json,
+Resuming: each finished video is written atomically, then a record (input, output, seed, the
+settings it was made with, the settings requested, model, frames, seconds) is appended to
+OUT_DIR/manifest-rank{r}.jsonl (made with the first record, so a run that fails before any video
+leaves none). A later run skips an input whose output exists and whose latest record has the same
+seed, requested settings and model; any other output is (re)generated. At the end rank 0 merges every rank file into OUT_DIR/manifest.json,
 one entry per input in input order, each saying whether this run generated or skipped it.
 """
 
@@ -152,6 +153,12 @@ def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def resolved(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a video's metadata (SVDPipeline's resolved values), without its seed and
+    version: what the manifest records as the settings each video was made with."""
+    return {k: v for k, v in metadata.items() if k not in ("seed", "svd_core", "model")}
+
+
 def _is_done(out_dir: Path, name: str, record: dict | None, wanted: dict[str, Any]) -> bool:
     """True when the output exists and its record says it was made with the wanted seed/settings."""
     if record is None or not (out_dir / name).exists():
@@ -170,10 +177,13 @@ def generate_batch(
     """Generate this rank's share of `inputs` into out_dir; rank 0 then writes manifest.json.
 
     make_pipeline() returns an SVDPipeline; it is called once, and only if this rank has work.
-    Returns the merged manifest (on every rank): {"model", "settings", "world_size", "videos"}.
+    Returns the merged manifest (on every rank): {"model", "settings" (resolved: the model's
+    defaults filled in), "requested" (as given: None for a default), "base_seed", "world_size",
+    "videos"}. A new out_dir that no video reached is removed again if the run fails.
     """
     current = distributed.world()
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     records = read_records(out_dir)
     distributed.barrier(current)  # every rank has read the old records before anyone appends
@@ -181,11 +191,11 @@ def generate_batch(
     statuses: dict[str, str] = {}
     manifest_path = out_dir / f"manifest-rank{current.rank}.jsonl"
     mine = distributed.shard(list(inputs), current)
-    with open(manifest_path, "a") as manifest:
+    try:
         for done, (index, image) in enumerate(mine):
             name = output_name(image, settings)
             seed = settings.base_seed + index
-            wanted = {"seed": seed, "settings": settings.recorded(), "model": model_source}
+            wanted = {"seed": seed, "requested": settings.recorded(), "model": model_source}
             if _is_done(out_dir, name, records.get(name), wanted):
                 statuses[name] = "skipped"
                 continue
@@ -196,13 +206,16 @@ def generate_batch(
             target = out_dir / name
             if target.is_dir():  # an unlisted PNG folder (e.g. other settings): replaced
                 shutil.rmtree(target)
-            video.save(target)  # atomic
+            video.save(target)  # atomic, with the seed and the resolved settings inside
             record = {
                 "input": str(image),
                 "output": name,
                 "index": index,
                 "seed": seed,
-                "settings": settings.recorded(),
+                # what the run used (the model's defaults filled in) and what was asked for (None:
+                # the model's default), which decides whether a later run may skip this video
+                "settings": {**resolved(video.metadata), "dtype": settings.dtype},
+                "requested": settings.recorded(),
                 "model": model_source,
                 "frames": len(video),
                 "fps": video.fps,
@@ -211,8 +224,8 @@ def generate_batch(
                 "world_size": current.world_size,
                 "finished": time.time(),
             }
-            manifest.write(json.dumps(record) + "\n")
-            manifest.flush()
+            with open(manifest_path, "a") as manifest:  # opened once there is a record to keep
+                manifest.write(json.dumps(record) + "\n")
             statuses[name] = "generated"
             if progress:
                 print(
@@ -220,82 +233,28 @@ def generate_batch(
                     f"(seed {seed}, {record['seconds']:.1f} s)",
                     flush=True,
                 )
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # a failed start leaves no empty folder
+            out_dir.rmdir()
+        raise
     all_statuses: dict[str, str] = {}
     for part in distributed.gather_objects(statuses, current):
         all_statuses.update(part)
     records = read_records(out_dir)
+    videos = [
+        {**records[name], "status": all_statuses[name]}
+        for name in (output_name(image, settings) for image in inputs)
+    ]
     merged = {
         "model": model_source,
-        "settings": settings.recorded(),
+        "settings": videos[0]["settings"],  # the same for every video: one model, one request
+        "requested": settings.recorded(),
         "base_seed": settings.base_seed,
         "world_size": current.world_size,
-        "videos": [
-            {**records[name], "status": all_statuses[name]}
-            for name in (output_name(image, settings) for image in inputs)
-        ],
+        "videos": videos,
     }
     if current.is_main:
         with atomic_file(out_dir / MANIFEST_NAME, suffix=".json") as temporary:
             Path(temporary).write_text(json.dumps(merged, indent=2) + "\n")
     distributed.barrier(current)
     return merged
-
-
-def run_command(args, config=None) -> int:
-    """The `svd-core generate-batch` command: check everything cheap, join torchrun's group, run.
-
-    Returns the exit code. Bad inputs and settings raise ValueError subclasses (one-line errors).
-    """
-    import torch
-
-    from .cli import check_generation_flags, default_model_path
-    from .io import VAE_MULTIPLE, check_video_size, output_folder
-    from .loading import load
-    from .pipeline import SVDPipeline
-
-    inputs = list_inputs(args.inputs)
-    check_generation_flags(args)
-    check_video_size(args.height, args.width, VAE_MULTIPLE)
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BatchError(f"-o {args.output!r} is a file; generate-batch writes into a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    output_folder(out_dir / MANIFEST_NAME)  # writable: fail before loading a model
-    settings = BatchSettings(
-        num_frames=args.frames,
-        num_steps=args.steps,
-        fps=args.fps,
-        motion_bucket_id=args.motion_bucket,
-        cond_aug=args.cond_aug,
-        min_guidance=args.min_guidance,
-        max_guidance=args.max_guidance,
-        decode_chunk_size=args.decode_chunk,
-        height=args.height,
-        width=args.width,
-        resize=args.resize,
-        sampler=args.sampler,
-        dtype=args.dtype,
-        base_seed=args.seed,
-        format=args.format,
-    )
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BatchError(f"device {args.device!r} asked for, but no CUDA GPU is available")
-    source = args.model or str(default_model_path())
-    current = distributed.init_from_env(args.device)
-    device = distributed.device_for(args.device, current)
-
-    def make_pipeline():
-        model = load(
-            source, config=config, dtype=torch.float32, device=device, variant=args.variant
-        )
-        return SVDPipeline(model, dtype=getattr(torch, args.dtype))
-
-    merged = generate_batch(inputs, out_dir, settings, make_pipeline, source, not args.quiet)
-    if current.is_main:
-        counts = [video["status"] for video in merged["videos"]]
-        print(
-            f"{counts.count('generated')} generated, {counts.count('skipped')} skipped "
-            f"(already done) by {current.world_size} process(es); manifest: "
-            f"{out_dir / MANIFEST_NAME}"
-        )
-    return 0

@@ -1,30 +1,71 @@
-"""The `svd-core` command line: `generate` (image to video) and `info` (what a checkpoint holds).
+"""The `svd-core` command line: `generate` (image to video), `generate-batch`, `info`, `train`,
+`eval` and `parity`.
 
 Exit codes: 0 success, 2 bad arguments, missing files or bad checkpoints (one line on stderr),
-130 interrupted. Outputs are written atomically, so an interrupted run leaves no broken file.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Outputs are written atomically, so an
+interrupted or terminated run leaves no broken or temporary file. Warnings are one line each.
+
+Only the standard library is imported here at start-up; torch and the rest of svd_core are
+imported inside `main`, so a Ctrl-C during `import torch` is an ordinary interrupt, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .io import output_folder
-from .pipeline import NumericalError
 
 DTYPES = ("float32", "float16", "bfloat16")
+RESIZE_MODES = ("crop", "squash", "none")  # svd_core.io.RESIZE_MODES (not imported: see above)
 DEFAULT_MODEL_FILE = "svd_core_tiny_demo.safetensors"
 CONFIG_HELP = (
     "for a checkpoint of no official preset size: an SVDConfig JSON file (SVDConfig.to_json) or "
     "the sgm .yaml/.yml config it was trained with (default: inferred from the checkpoint)"
 )
+SIZE_RULE = (
+    "a multiple of the model's size multiple (its VAE's times its UNet's downsampling: 64 for SVD "
+    "models, 32 for the tiny demo model), at most 4096"
+)
+# What an interrupt leaves behind, per command (the default: nothing).
+INTERRUPTED = {
+    "generate-batch": "the videos finished so far are kept and listed in the output folder's "
+    "manifest-rank*.jsonl; the one in progress was not written; run the same command again to "
+    "resume",
+    "train": "the checkpoints written so far are kept; continue with the same command and --resume",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every atomic write and `finally` block cleans up."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" where a default is a value; a default of None, False or a help text
+    that already says its default is left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows the defaults; its sub-commands' parsers are of its type."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `svd-core`, with one sub-command per job."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="svd-core", description="Stable Video Diffusion, image to video, in plain PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"svd-core {__version__}")
@@ -33,61 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="make a video from one image")
     generate.add_argument("image", help="input image (png, jpg, ...)")
     generate.add_argument(
-        "-o", "--output", required=True, help="output .mp4, .gif, .webp, or a folder for PNGs"
+        "-o",
+        "--output",
+        required=True,
+        help="output .mp4, .gif or .webp, or a folder for PNG frames (a folder name with a dot: "
+        "end it with /)",
     )
+    add_generation_flags(generate)
     generate.add_argument(
-        "--model",
+        "--seed",
+        type=int,
         default=None,
-        help="official .safetensors file, diffusers folder or hub repo id "
-        "(default: the tiny demo model shipped in weights/)",
-    )
-    generate.add_argument("--variant", default=None, help="diffusers weight variant, e.g. fp16")
-    generate.add_argument("--config", default=None, help=CONFIG_HELP)
-    generate.add_argument(
-        "--frames", type=int, default=None, help="number of frames (default: the model's)"
+        help="random seed (default: a random one, printed and stored in the video's metadata)",
     )
     generate.add_argument(
-        "--steps", type=int, default=None, help="sampling steps (default: the model's)"
+        "--quiet", action="store_true", help="no progress bar and no seed line (the file has it)"
     )
-    generate.add_argument(
-        "--fps", type=float, default=None, help="frame rate; conditions on fps_id = fps - 1"
-    )
-    generate.add_argument(
-        "--motion-bucket", type=float, default=None, help="motion_bucket_id (default 127)"
-    )
-    generate.add_argument(
-        "--cond-aug", type=float, default=None, help="noise augmentation (default 0.02)"
-    )
-    generate.add_argument(
-        "--min-guidance", type=float, default=None, help="guidance scale of the first frame"
-    )
-    generate.add_argument(
-        "--max-guidance", type=float, default=None, help="guidance scale of the last frame"
-    )
-    generate.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    generate.add_argument("--decode-chunk", type=int, default=None, help="frames decoded at a time")
-    generate.add_argument("--height", type=int, default=None, help="video height, a multiple of 64")
-    generate.add_argument("--width", type=int, default=None, help="video width, a multiple of 64")
-    generate.add_argument("--resize", choices=("crop", "squash", "none"), default="crop")
-    generate.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="UNet and image encoder dtype"
-    )
-    generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    generate.add_argument("--sampler", choices=("euler", "heun", "dpmpp_2m"), default="euler")
-    generate.add_argument(
-        "--low-memory",
-        action="store_true",
-        help="hold one network in memory at a time, each read from the checkpoint just before it "
-        "runs, and run the two guidance branches one after the other: peak memory about the "
-        "UNet's weights plus one branch's activations; the same video up to float32 round-off",
-    )
-    generate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     info = commands.add_parser("info", help="describe a checkpoint without loading its weights")
     info.add_argument(
         "checkpoint", help="official .safetensors file, diffusers folder or hub repo id"
     )
-    info.add_argument("--variant", default=None)
+    info.add_argument("--variant", default=None, help="diffusers weight variant, e.g. fp16")
     info.add_argument("--config", default=None, help=CONFIG_HELP)
     _add_train_parser(commands)
     _add_eval_parser(commands)
@@ -162,15 +170,131 @@ def _add_train_parser(commands) -> None:
     export.add_argument("--dtype", choices=DTYPES, default="float32")
 
 
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags `generate` and `generate-batch` share: the model, the sampling values, the size,
+    the dtype, the device and the memory mode (`generation_arguments` maps them to SVDPipeline's
+    keywords)."""
+    from .sampling import SAMPLERS
+
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="official .safetensors file, diffusers folder or hub repo id "
+        "(default: the tiny demo model shipped with svd_core)",
+    )
+    parser.add_argument("--variant", default=None, help="diffusers weight variant, e.g. fp16")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
+    add = parser.add_argument
+    add("--frames", type=int, default=None, help="number of frames (default: the model's)")
+    add("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    add(
+        "--fps",
+        type=float,
+        default=None,
+        help="frame rate; conditions on fps_id = fps - 1 (default: the model's, 7)",
+    )
+    add("--motion-bucket", type=float, default=None, help="motion_bucket_id (default: 127)")
+    add("--cond-aug", type=float, default=None, help="noise augmentation (default: 0.02)")
+    add(
+        "--min-guidance",
+        type=float,
+        default=None,
+        help="guidance scale of the first frame (default: the model's)",
+    )
+    add(
+        "--max-guidance",
+        type=float,
+        default=None,
+        help="guidance scale of the last frame (default: the model's)",
+    )
+    add(
+        "--decode-chunk",
+        type=int,
+        default=None,
+        help="frames the VAE decodes at a time (default: the model's)",
+    )
+    add(
+        "--height", type=int, default=None, help=f"video height: {SIZE_RULE} (default: the model's)"
+    )
+    add("--width", type=int, default=None, help=f"video width: {SIZE_RULE} (default: the model's)")
+    add(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="crop",
+        help="fit the image to the video size: crop (the largest centred box of the video's aspect "
+        "ratio, then scaled), squash (scale each side), none (the image must have the size)",
+    )
+    add(
+        "--sampler",
+        choices=tuple(SAMPLERS),
+        default="euler",
+        help="EDM sampler: euler (official; one UNet call per step), heun (two per step), "
+        "dpmpp_2m (one per step, second order)",
+    )
+    add(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="UNet and image encoder dtype (the VAE stays float32); float16 and bfloat16 are for "
+        "GPUs: on a CPU use float32, which is several times faster there",
+    )
+    add("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    add(
+        "--low-memory",
+        action="store_true",
+        help="hold one network in memory at a time, each read from the checkpoint just before it "
+        "runs, and run the two guidance branches one after the other: peak memory about the "
+        "UNet's weights plus one branch's activations; the same video up to float32 round-off",
+    )
+
+
+def generation_arguments(args: argparse.Namespace) -> dict:
+    """SVDPipeline.__call__'s keywords for the flags of `add_generation_flags` (None: the model's
+    default); the seed, progress and the output are each command's own."""
+    return {
+        "num_frames": args.frames,
+        "num_steps": args.steps,
+        "fps": args.fps,
+        "motion_bucket_id": args.motion_bucket,
+        "cond_aug": args.cond_aug,
+        "min_guidance": args.min_guidance,
+        "max_guidance": args.max_guidance,
+        "decode_chunk_size": args.decode_chunk,
+        "height": args.height,
+        "width": args.width,
+        "resize": args.resize,
+        "sampler": args.sampler,
+    }
+
+
 def default_model_path() -> Path:
-    """The shipped tiny demo model (weights/ of a source checkout), used when --model is not given."""
-    path = Path(__file__).resolve().parents[1] / "weights" / DEFAULT_MODEL_FILE
+    """The shipped tiny demo model, used when --model is not given.
+
+    It is package data (svd_core/weights/), so a checkout, an editable install and an installed
+    wheel all have it; its model card is weights/README.md of the repository.
+    """
+    path = Path(__file__).resolve().parent / "weights" / DEFAULT_MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"the shipped demo model {path} is missing (svd_core installed without its weights/ "
-            "folder?); pass --model with a checkpoint, e.g. a downloaded svd_xt.safetensors"
+            f"the shipped demo model {path} is missing (svd_core installed without its package "
+            "data?); reinstall svd-core, or pass --model with a checkpoint, e.g. a downloaded "
+            "svd_xt.safetensors"
         )
     return path
+
+
+# SVDPipeline keyword -> its flag, for errors in the command line's words
+FLAGS = {
+    "num_frames": "--frames",
+    "num_steps": "--steps",
+    "decode_chunk_size": "--decode-chunk",
+    "fps": "--fps",
+    "motion_bucket_id": "--motion-bucket",
+    "cond_aug": "--cond-aug",
+    "min_guidance": "--min-guidance",
+    "max_guidance": "--max-guidance",
+    "seed": "--seed",
+}
 
 
 def check_generation_flags(args: argparse.Namespace) -> None:
@@ -180,21 +304,44 @@ def check_generation_flags(args: argparse.Namespace) -> None:
     """
     from .pipeline import check_options
 
-    for flag, name, value in (
-        ("--frames", "num_frames", args.frames),
-        ("--steps", "num_steps", args.steps),
-        ("--decode-chunk", "decode_chunk_size", args.decode_chunk),
-        ("--fps", "fps", args.fps),
-        ("--motion-bucket", "motion_bucket_id", args.motion_bucket),
-        ("--cond-aug", "cond_aug", args.cond_aug),
-        ("--min-guidance", "min_guidance", args.min_guidance),
-        ("--max-guidance", "max_guidance", args.max_guidance),
-        ("--seed", "seed", args.seed),
-    ):
+    given = {**generation_arguments(args), "seed": args.seed}
+    for name, flag in FLAGS.items():
         try:
-            check_options(**{name: value})
+            check_options(**{name: given[name]})
         except ValueError as error:
             raise ValueError(f"{flag}: {error}") from None
+
+
+def check_size_for_model(args: argparse.Namespace, source: str, config, images) -> None:
+    """Check --height, --width and --resize none against the model before its weights are read.
+
+    The model's size multiple and default size come from the checkpoint's header (or --config);
+    `images` are the (1, 3, H, W) input tensors that --resize none needs at the video's size.
+    """
+    if args.height is None and args.width is None and args.resize != "none":
+        return  # the model's own size always fits it
+    from .io import check_video_size
+    from .loading import inspect_checkpoint
+
+    meta_model, _ = inspect_checkpoint(source, config=config, variant=args.variant)
+    cfg = meta_model.config
+    multiple = cfg.size_multiple
+    factor = cfg.vae.downscale_factor
+    why = f" (this model's VAE downsamples {factor}x, then its UNet {multiple // factor}x)"
+    try:
+        check_video_size(args.height, args.width, multiple, why)
+    except ValueError as error:  # "height must be ..." or "width must be ..."
+        raise ValueError(f"--{str(error).split()[0]}: {error}") from None
+    height = cfg.height if args.height is None else args.height
+    width = cfg.width if args.width is None else args.width
+    if args.resize == "none":
+        for image in images:
+            if tuple(image.shape[-2:]) != (height, width):
+                raise ValueError(
+                    f"--resize none: the image is {image.shape[-2]}x{image.shape[-1]} (HxW) but "
+                    f"the video is {height}x{width}; resize the image first, or pass --resize "
+                    "crop or --resize squash"
+                )
 
 
 def _fail(message: str) -> int:
@@ -217,54 +364,32 @@ def _config(args: argparse.Namespace):
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .io import VAE_MULTIPLE, check_video_size, load_image
+    from .io import load_image, output_kind
     from .loading import load
-    from .pipeline import SVDPipeline
+    from .pipeline import SVDPipeline, random_seed
 
-    if not Path(args.image).is_file():
-        return _fail(f"image file {args.image!r} does not exist")
-    output = Path(args.output)
-    if output.suffix and output.suffix.lower() not in (".mp4", ".gif", ".webp"):
-        return _fail(
-            f"output {args.output!r}: use .mp4, .gif, .webp, or a folder name for PNG frames"
-        )
-    output_folder(output)  # fail now, not after sampling
-    # Everything that needs no model is checked before loading one (seconds to minutes for the
-    # full-size checkpoints): the image, the sampling values, the size up to the model's multiple.
+    # Everything that needs no weights is checked before any are read (seconds to minutes for the
+    # full-size checkpoints): the image, the output path, the sampling values, the size.
     image = load_image(args.image)
+    output_kind(args.output)
     check_generation_flags(args)
-    check_video_size(args.height, args.width, VAE_MULTIPLE)  # the model's multiple: after loading
-
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        return _fail(f"device {args.device!r} asked for, but no CUDA GPU is available")
-    dtype = getattr(torch, args.dtype)
+    source = args.model or str(default_model_path())
+    config = _config(args)
+    check_size_for_model(args, source, config, [image])
     model = load(
-        args.model or str(default_model_path()),
-        config=_config(args),
+        source,
+        config=config,
         dtype=torch.float32,
         device=args.device,
         variant=args.variant,
         low_memory=args.low_memory,
     )
-    pipe = SVDPipeline(model, dtype=dtype)
-    video = pipe(
-        image,
-        num_frames=args.frames,
-        num_steps=args.steps,
-        fps=args.fps,
-        motion_bucket_id=args.motion_bucket,
-        cond_aug=args.cond_aug,
-        min_guidance=args.min_guidance,
-        max_guidance=args.max_guidance,
-        seed=args.seed,
-        decode_chunk_size=args.decode_chunk,
-        height=args.height,
-        width=args.width,
-        resize=args.resize,
-        sampler=args.sampler,
-        progress=not args.quiet,
-    )
-    path = video.save(output)
+    pipe = SVDPipeline(model, dtype=getattr(torch, args.dtype))
+    seed = random_seed() if args.seed is None else args.seed
+    if not args.quiet:
+        print(f"seed {seed} (--seed {seed} makes this video again; the file records it)")
+    video = pipe(image, seed=seed, progress=not args.quiet, **generation_arguments(args))
+    path = video.save(args.output)
     print(f"wrote {len(video)} frames at {video.fps:g} fps to {path}")
     return 0
 
@@ -352,10 +477,8 @@ def _add_eval_parser(commands) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from .evaluate import evaluate
-    from .io import atomic_file
+    from .io import atomic_file, output_folder
     from .loading import load
 
     if args.clips < 1:
@@ -364,8 +487,6 @@ def _eval(args: argparse.Namespace) -> int:
         return _fail(f"--steps must be at least 1, got {args.steps}")
     if args.json is not None:
         output_folder(Path(args.json))  # fail now, not after sampling
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        return _fail(f"device {args.device!r} asked for, but no CUDA GPU is available")
     model = load(args.model, config=_config(args), device=args.device, variant=args.variant)
     report = evaluate(
         model, num_clips=args.clips, num_steps=args.steps, seed=args.seed, progress=not args.quiet
@@ -457,41 +578,108 @@ def _add_generate_batch_parser(commands) -> None:
     )
     batch.add_argument("inputs", help="folder of png/jpg/webp images, or a text file of paths")
     batch.add_argument("-o", "--output", required=True, help="output folder")
-    batch.add_argument("--format", choices=("mp4", "gif", "webp", "png"), default="mp4")
-    batch.add_argument("--model", default=None, help="as for generate (default: the tiny demo)")
-    batch.add_argument("--variant", default=None, help="diffusers weight variant, e.g. fp16")
-    batch.add_argument("--config", default=None, help=CONFIG_HELP)
-    batch.add_argument("--frames", type=int, default=None)
-    batch.add_argument("--steps", type=int, default=None)
-    batch.add_argument("--fps", type=float, default=None)
-    batch.add_argument("--motion-bucket", type=float, default=None)
-    batch.add_argument("--cond-aug", type=float, default=None)
-    batch.add_argument("--min-guidance", type=float, default=None)
-    batch.add_argument("--max-guidance", type=float, default=None)
-    batch.add_argument("--seed", type=int, default=0, help="input i gets seed SEED + i (default 0)")
-    batch.add_argument("--decode-chunk", type=int, default=None)
-    batch.add_argument("--height", type=int, default=None)
-    batch.add_argument("--width", type=int, default=None)
-    batch.add_argument("--resize", choices=("crop", "squash", "none"), default="crop")
-    batch.add_argument("--dtype", choices=DTYPES, default="float32")
-    batch.add_argument("--device", default="cpu", help="cpu or cuda (cuda:LOCAL_RANK per rank)")
-    batch.add_argument("--sampler", choices=("euler", "heun", "dpmpp_2m"), default="euler")
+    batch.add_argument(
+        "--format",
+        choices=("mp4", "gif", "webp", "png"),
+        default="mp4",
+        help="video file per input, or png: a folder of PNG frames per input",
+    )
+    add_generation_flags(batch)
+    batch.add_argument("--seed", type=int, default=0, help="input i gets seed SEED + i")
     batch.add_argument("--quiet", action="store_true", help="no per-video lines")
 
 
 def _generate_batch(args: argparse.Namespace) -> int:
-    from .batch import run_command
+    """`svd-core generate-batch`: check everything cheap, join torchrun's group, run (batch.py)."""
+    import torch
 
-    return run_command(args, config=_config(args))
+    from . import distributed
+    from .batch import MANIFEST_NAME, BatchError, BatchSettings, generate_batch, list_inputs
+    from .io import load_image, output_folder
+    from .loading import load
+    from .pipeline import SVDPipeline
+
+    inputs = list_inputs(args.inputs)
+    check_generation_flags(args)
+    source = args.model or str(default_model_path())
+    config = _config(args)
+    check_size_for_model(
+        args, source, config, [load_image(p) for p in inputs] if args.resize == "none" else []
+    )
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BatchError(f"-o {args.output!r} is a file; generate-batch writes into a folder")
+    # The folder, or the nearest folder above it that exists (the rest is made), is writable:
+    # fail before loading a model.
+    output_folder(next(p for p in (out_dir, *out_dir.parents) if p.exists()) / MANIFEST_NAME)
+    settings = BatchSettings(
+        **generation_arguments(args), dtype=args.dtype, base_seed=args.seed, format=args.format
+    )
+    current, device = distributed.init_for_device(args.device)
+
+    def make_pipeline():
+        model = load(
+            source,
+            config=config,
+            dtype=torch.float32,
+            device=device,
+            variant=args.variant,
+            low_memory=args.low_memory,
+        )
+        return SVDPipeline(model, dtype=getattr(torch, args.dtype))
+
+    merged = generate_batch(inputs, out_dir, settings, make_pipeline, source, not args.quiet)
+    if current.is_main:
+        counts = [video["status"] for video in merged["videos"]]
+        print(
+            f"{counts.count('generated')} generated, {counts.count('skipped')} skipped "
+            f"(already done) by {current.world_size} process(es); manifest: "
+            f"{out_dir / MANIFEST_NAME}"
+        )
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command line shows it: one line, without torch's file and source line."""
+    print(f"svd-core: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svd-core` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temporary
+    # files; Python lets only the main thread set a handler.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    command = None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = args.command
+            if command is None:
+                parser.print_help()
+                return 0
+            return _run(args)
+    except KeyboardInterrupt as interrupt:
+        what = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+        left = INTERRUPTED.get(command, "no output was written")
+        print(f"svd-core: {what}; {left}", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; bad values, checkpoints, files and NaNs become one-line errors."""
+    from .distributed import check_device
+    from .pipeline import NumericalError
+
     handlers = {
         "generate": _generate,
         "info": _info,
@@ -501,11 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         "generate-batch": _generate_batch,
     }
     try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)  # before anything loads; a one-line error naming the choices
         return handlers[args.command](args)
-    except KeyboardInterrupt:
-        print("svd-core: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, NumericalError) as error:  # bad values, checkpoints, files, NaNs
+    except (ValueError, OSError, NumericalError) as error:
         return _fail(" ".join(str(error).split()))
 
 

@@ -71,6 +71,12 @@ class UNetConfig:
         """Output channels of every encoder level."""
         return tuple(self.model_channels * m for m in self.channel_mult)
 
+    @property
+    def downscale_factor(self) -> int:
+        """How many latent cells the deepest level's one cell covers along each side: the UNet
+        halves the latent between levels, 2 ** (number of levels - 1)."""
+        return 2 ** (len(self.channel_mult) - 1)
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -249,6 +255,12 @@ class SVDConfig:
             f"decode_chunk_size must be >= 1, got {self.decode_chunk_size}",
         )
         _require(0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max")
+
+    @property
+    def size_multiple(self) -> int:
+        """Video height and width must be multiples of this: the VAE's downsampling times the
+        UNet's (8 x 8 = 64 for SVD; 8 x 4 = 32 for the tiny presets, whose UNet has 3 levels)."""
+        return self.vae.downscale_factor * self.unet.downscale_factor
 
     # ---- presets -----------------------------------------------------------------------------
 

@@ -88,21 +88,27 @@ def init_from_env(device: str = "cpu") -> World:
 
 
 def check_device(device: str) -> None:
-    """Raise DistributedError unless `device` ("cpu", "cuda" or "cuda:N") exists on this machine.
+    """Raise DistributedError unless `device` ("cpu", "cuda", "cuda:N" or "mps") exists here.
+
+    The message is one line naming the devices that are available.
 
     Under torchrun (WORLD_SIZE > 1) a GPU is asked for as plain "cuda": each rank then uses
     cuda:LOCAL_RANK, which must exist.
     """
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    available = ", ".join(["cpu", *(["cuda"] if gpus else []), *(f"cuda:{i}" for i in range(gpus))])
+    mps = torch.backends.mps.is_available()  # Apple's GPUs (one process, no torchrun group)
+    names = ["cpu", *(["cuda"] if gpus else []), *(f"cuda:{i}" for i in range(gpus))]
+    available = ", ".join(names + (["mps"] if mps else []))
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise DistributedError(f"unknown device {device!r}; available here: {available}")
-    if parsed.type == "cpu":
+        raise DistributedError(f"unknown device {device!r}; available here: {available}") from None
+    if parsed.type == "cpu" or (parsed.type == "mps" and mps and parsed.index in (None, 0)):
         return
+    if parsed.type != "cuda":
+        raise DistributedError(
+            f"device {device!r} is not available on this machine; available here: {available}"
+        )
     if not gpus:
         raise DistributedError(
             f"device {device!r} asked for, but this machine has no CUDA GPU "

@@ -7,24 +7,30 @@ file renamed into place, so an interrupted run never leaves a broken file behind
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
 RESIZE_MODES = ("crop", "squash", "none")
 FRAME_NAME = re.compile(r"\d{4,}\.png")  # the files of a frames folder: 0000.png, 0001.png, ...
 VAE_MULTIPLE = 8  # every SVD-family VAE downsamples 8x: video sides are at least multiples of 8
 MAX_SIDE = 4096  # the largest video height or width (SVD was trained at 576x1024)
+MIN_CROP_KEPT = 0.5  # fit_image warns when its crop keeps less of the image than this
+MAX_UPSCALE = 4.0  # ... and when it scales the image up more than this
+METADATA_KEY = "svd_core"  # the PNG text chunk that holds a video's metadata (save_video)
+EXIF_IMAGE_DESCRIPTION = 0x010E  # the EXIF tag that holds it in a WebP file
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -225,7 +231,8 @@ def fit_image(
 
     mode "crop": cut the largest centered box of the target's aspect ratio, then scale it to the
     target (default); "squash": scale each axis independently; "none": the image must already have
-    the size. Cropping before scaling keeps the work bounded for any aspect ratio (a 1x100000 image
+    the size. A warning says when the crop keeps less than half the image (MIN_CROP_KEPT) or the
+    image is upscaled more than 4x (MAX_UPSCALE): the video then shows little of it, or a blur. Cropping before scaling keeps the work bounded for any aspect ratio (a 1x100000 image
     is cut to 1x1, not scaled to 64x6400000 first). Resizing is antialiased bicubic, clamped back
     to [-1, 1]; a 1x1 image becomes a flat frame of its colour.
     """
@@ -240,15 +247,31 @@ def fit_image(
             f"image is {in_h}x{in_w} (HxW) but the model runs at {height}x{width}; "
             "resize it, or pass resize='crop' or 'squash'"
         )
+    crop_h, crop_w = in_h, in_w
     if mode == "crop":
         if in_w * height > in_h * width:  # wider than the target: keep the full height
             crop_h, crop_w = in_h, max(1, min(in_w, round(in_h * width / height)))
         else:
             crop_h, crop_w = max(1, min(in_h, round(in_w * height / width))), in_w
+        if crop_h * crop_w < in_h * in_w * MIN_CROP_KEPT:
+            warnings.warn(
+                f"the {in_h}x{in_w} (HxW) image is cropped to its centred {crop_h}x{crop_w} box for "
+                f"the {height}x{width} video: {100 * crop_h * crop_w / (in_h * in_w):.2g}% of it "
+                "is kept; crop or pad it yourself to the video's aspect ratio to keep more",
+                stacklevel=2,
+            )
         top, left = (in_h - crop_h) // 2, (in_w - crop_w) // 2
         image = image[:, :, top : top + crop_h, left : left + crop_w]
         if (crop_h, crop_w) == (height, width):
             return image
+    upscale = max(height / crop_h, width / crop_w)
+    if upscale > MAX_UPSCALE:
+        warnings.warn(
+            f"the image ({crop_h}x{crop_w} after cropping) is upscaled {upscale:.3g}x to "
+            f"{height}x{width}: the video will be blurry; use an image of at least "
+            f"{math.ceil(height / MAX_UPSCALE)}x{math.ceil(width / MAX_UPSCALE)} pixels",
+            stacklevel=2,
+        )
     resized = torch.nn.functional.interpolate(
         image, size=(height, width), mode="bicubic", align_corners=False, antialias=True
     )
@@ -266,13 +289,75 @@ def to_uint8(frames: torch.Tensor, rounding: bool = False) -> np.ndarray:
 
 
 def output_folder(path: Path) -> Path:
-    """The folder `path` will be written into, checked to exist and be writable."""
+    """The folder `path` will be written into, checked to exist, be a folder and be writable."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(parent)!r} does not exist")
+        # Name the part of the path that is wrong: a file where a folder should be, or the first
+        # folder that does not exist.
+        existing = next((p for p in parent.parents if p.exists()), None)
+        for ancestor in (parent, *parent.parents):
+            if ancestor.exists() and not ancestor.is_dir():
+                raise NotADirectoryError(
+                    f"cannot write {str(path)!r}: {str(ancestor)!r} is a file, not a folder"
+                )
+            if ancestor == existing:
+                break
+        raise FileNotFoundError(
+            f"output folder {str(parent)!r} does not exist; create it first (mkdir -p {parent})"
+        )
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"output folder {str(parent)!r} is not writable")
     return parent
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """What `save_video` writes at `path`: "mp4", "gif", "webp", or "frames" (a folder of PNGs).
+
+    The suffix decides: .mp4, .gif or .webp (any case) is a video file; no suffix, or a suffix that
+    is not a word (`v1.5`, `run.2`), an existing folder, or a name ending in "/" is a frames folder.
+    Any other suffix (`clip.avi`, `out.png`) is refused: it names a format we do not write.
+    Checks what can be known before writing: the folder it goes into (exists, is a folder,
+    writable), that a video file does not replace a folder, and that a frames folder replaces only
+    an earlier frames folder. Raises ValueError or OSError with a one-line message.
+    """
+    text = os.fspath(path)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"output {text!r} is an existing folder; a {suffix} video cannot replace it: "
+                "give another file name, or remove the folder"
+            )
+        kind = suffix[1:]
+    elif path.is_dir() or text.endswith(("/", os.sep)) or not suffix[1:].isalpha():
+        kind = "frames"
+        _check_frames_target(path)
+    else:
+        raise ValueError(
+            f"output {text!r}: {suffix!r} is not a format svd_core writes; use .mp4, .gif, "
+            f".webp, or a folder for PNG frames (a folder name with a dot: end it with /)"
+        )
+    output_folder(path)
+    return kind
+
+
+def _check_frames_target(path: Path) -> None:
+    """A frames folder may replace only a folder of nothing but frames (NNNN.png), never a file
+    and never somebody's folder of other files."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(
+            f"{str(path)!r} exists and is a file; a folder of PNG frames cannot replace it"
+        )
+    if path.is_dir():
+        others = sorted(
+            p.name for p in path.iterdir() if p.name != ".old" and not FRAME_NAME.fullmatch(p.name)
+        )
+        if others:
+            raise FileExistsError(
+                f"{str(path)!r} is a folder with other files than frames (e.g. {others[:3]}); "
+                "give a new folder name, or a file name ending in .mp4, .gif or .webp"
+            )
 
 
 def _write_error(error: OSError, path: Path, what: str) -> OSError:
@@ -343,27 +428,28 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
-    """Write uint8 frames (F, H, W, 3) to `path`, atomically; the format follows the suffix.
+def save_video(
+    frames: np.ndarray, path: str | os.PathLike, fps: float, metadata: dict | None = None
+) -> Path:
+    """Write uint8 frames (F, H, W, 3) to `path`, atomically; the format follows `output_kind`.
 
-    .mp4 (H.264 through imageio-ffmpeg), .gif, .webp (animated), or no suffix: a folder of PNGs
-    named 0000.png, 0001.png, ... Returns the path written.
+    .mp4 (H.264 through imageio-ffmpeg), .gif, .webp (animated, lossless), or a folder of PNGs
+    named 0000.png, 0001.png, ... `metadata` (a JSON-serialisable dict: the seed and the settings
+    of the run, say) is stored in the file, where `read_metadata` finds it: the mp4 `comment` tag,
+    the GIF comment, the WebP EXIF ImageDescription, a text chunk of every PNG. Returns the path.
     """
-    path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
     if not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be positive and finite, got {fps}")
-    suffix = path.suffix.lower()
-    if suffix and suffix not in VIDEO_SUFFIXES:
-        raise ValueError(
-            f"cannot write {path.name!r}: use one of {', '.join(VIDEO_SUFFIXES)}, or a folder name for PNG frames"
-        )
-    if not suffix:
-        return _save_png_folder(frames, path)
-    with atomic_file(path, suffix) as temporary:
-        if suffix == ".mp4":
-            _write_mp4(frames, temporary, fps)
+    kind = output_kind(path)  # before Path(): a trailing "/" (a frames folder) counts
+    path = Path(path)
+    comment = json.dumps(metadata, sort_keys=True) if metadata else None
+    if kind == "frames":
+        return _save_png_folder(frames, path, comment)
+    with atomic_file(path, "." + kind) as temporary:
+        if kind == "mp4":
+            _write_mp4(frames, temporary, fps, comment)
         else:
             images = [Image.fromarray(frame) for frame in frames]
             duration = 1000.0 / fps
@@ -373,13 +459,60 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
                 "save_all": True,
                 "append_images": images[1:],
             }
-            if suffix == ".webp":
+            if kind == "webp":
                 options["lossless"] = True
+                if comment:
+                    exif = Image.Exif()
+                    exif[EXIF_IMAGE_DESCRIPTION] = comment
+                    options["exif"] = exif.tobytes()
+            elif comment:
+                options["comment"] = comment
             images[0].save(temporary, **options)
     return path
 
 
-def _write_mp4(frames: np.ndarray, target: str, fps: float) -> None:
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata dict `save_video` stored in a video file or frames folder ({} if none)."""
+    path = Path(path)
+    if path.is_dir():
+        frames = sorted(p for p in path.iterdir() if FRAME_NAME.fullmatch(p.name))
+        if not frames:
+            return {}
+        with Image.open(frames[0]) as image:
+            text = image.info.get(METADATA_KEY)
+    elif path.suffix.lower() == ".mp4":
+        text = _mp4_comment(path)
+    else:
+        with Image.open(path) as image:
+            if path.suffix.lower() == ".webp":
+                text = image.getexif().get(EXIF_IMAGE_DESCRIPTION)
+            else:
+                text = image.info.get("comment")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return json.loads(text) if text else {}
+
+
+def _mp4_comment(path: Path) -> str | None:
+    """The `comment` tag of an mp4 file, read with the ffmpeg that imageio-ffmpeg ships."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    listing = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in listing.splitlines():
+        if line.startswith("comment="):
+            # ffmetadata escapes '=', ';', '#', '\\' and newlines with a backslash
+            return re.sub(r"\\(.)", r"\1", line[len("comment=") :])
+    return None
+
+
+def _write_mp4(frames: np.ndarray, target: str, fps: float, comment: str | None = None) -> None:
     import imageio.v2 as imageio
 
     # H.264 with yuv420p needs even sides; pad by one pixel where needed (repeat the edge).
@@ -387,34 +520,34 @@ def _write_mp4(frames: np.ndarray, target: str, fps: float) -> None:
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     with imageio.get_writer(
-        target, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=1
+        target,
+        format="FFMPEG",
+        fps=fps,
+        codec="libx264",
+        quality=8,
+        macro_block_size=1,
+        output_params=["-metadata", f"comment={comment}"] if comment else None,
     ) as writer:
         for frame in frames:
             writer.append_data(frame)
 
 
-def _save_png_folder(frames: np.ndarray, path: Path) -> Path:
+def _save_png_folder(frames: np.ndarray, path: Path, comment: str | None = None) -> Path:
     """Write the frames into a new folder, then put it in place of `path`.
 
     An existing `path` is replaced only if it holds nothing but frames (NNNN.png): a folder with
     other files is somebody's folder, not an earlier output, and is never deleted.
     """
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{str(path)!r} exists and is not a folder")
-    if path.is_dir():
-        others = sorted(
-            p.name for p in path.iterdir() if p.name != ".old" and not FRAME_NAME.fullmatch(p.name)
-        )
-        if others:
-            raise FileExistsError(
-                f"{str(path)!r} is a folder with other files than frames (e.g. {others[:3]}); "
-                "give a new folder name, or a file name ending in .mp4, .gif or .webp"
-            )
+    _check_frames_target(path)
+    info = None
+    if comment:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(METADATA_KEY, comment)
     temporary = Path(_temporary_beside(path, folder=True))
     old_frames = temporary / ".old"  # the frames being replaced wait here until the swap is done
     try:
         for index, frame in enumerate(frames):
-            Image.fromarray(frame).save(temporary / f"{index:04d}.png")
+            Image.fromarray(frame).save(temporary / f"{index:04d}.png", pnginfo=info)
         if path.exists():
             os.replace(path, old_frames)
         os.replace(temporary, path)

@@ -16,13 +16,13 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import sampling
+from . import __version__, sampling
 from .conditioning import encode_conditioning, guided_denoiser
 from .io import check_video_size, fit_image, load_image, save_video, to_uint8
 
@@ -84,19 +84,32 @@ class Video:
 
     frames: uint8 (F, H, W, 3); fps: playback rate; float_frames: (F, 3, H, W) in [0, 1] before
     quantization; latents: the final (F, C, h, w) latents, scaled as the diffusion sees them.
+    seed: the seed its noise was drawn with (None when a torch.Generator or `noise` was given), so
+    `pipe(image, seed=video.seed, ...)` makes it again; metadata: the seed and every setting the
+    run resolved (frames, steps, fps, guidance, size, sampler, ...), which `save` stores in the file.
     """
 
     frames: np.ndarray
     fps: float
     float_frames: torch.Tensor
     latents: torch.Tensor
+    seed: int | None = None
+    metadata: dict = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write to .mp4, .gif, .webp, or a folder of PNGs (no suffix), atomically."""
-        return save_video(self.frames, path, self.fps)
+        """Write to .mp4, .gif, .webp, or a folder of PNGs, atomically, with `metadata` inside
+        (`svd_core.io.read_metadata` reads it back)."""
+        return save_video(self.frames, path, self.fps, self.metadata)
 
     def __len__(self) -> int:
         return self.frames.shape[0]
+
+
+def random_seed() -> int:
+    """A fresh seed for a run that was given none: drawn from torch's global generator (so
+    `torch.manual_seed` makes even unseeded runs repeat), small enough that seed + i of a batch
+    stays in range."""
+    return int(torch.randint(0, 2**62, ()).item())
 
 
 def _int_in(name: str, value, low: int, high: int) -> int:
@@ -269,7 +282,7 @@ class SVDPipeline:
         motion bucket 127, cond_aug 0.02, guidance min -> max over the frames, decode chunk, size.
 
         seed: int (image i uses seed + i), a list of ints (one per image), a CPU torch.Generator
-        (draws in sequence), or None (random). noise: initial unit-variance latent noise
+        (draws in sequence), or None (a `random_seed()`, recorded in each Video's `seed`). noise: initial unit-variance latent noise
         (B, F, C, h, w), used instead of the seeded draw (then scaled by sqrt(1 + sigma_max^2)).
         resize: "crop" (the largest centered box of the video's aspect ratio, scaled to the size),
         "squash", or "none" (the image must have the size). height and width: multiples of
@@ -349,7 +362,9 @@ class SVDPipeline:
         batch = images.shape[0]
         latent_shape = (num_frames, cfg.vae.latent_channels, height // factor, width // factor)
 
-        cond_noise, latent_noise = self._draw_noise(seed, images, latent_shape)
+        if seed is None:
+            seed = random_seed()
+        seeds, cond_noise, latent_noise = self._draw_noise(seed, images, latent_shape)
         if noise is not None:
             expected = (batch, *latent_shape)
             if tuple(noise.shape) != expected:
@@ -357,6 +372,24 @@ class SVDPipeline:
                     f"noise must have shape {expected} (B, F, C, h, w), got {tuple(noise.shape)}"
                 )
             latent_noise = noise.float().cpu()
+            seeds = [None] * batch
+        settings = {
+            "svd_core": __version__,
+            "model": cfg.name,
+            "num_frames": num_frames,
+            "num_steps": num_steps,
+            "fps": fps,
+            "motion_bucket_id": motion_bucket_id,
+            "cond_aug": cond_aug,
+            "min_guidance": min_guidance,
+            "max_guidance": max_guidance,
+            "guidance": guidance,
+            "sampler": sampler,
+            "height": height,
+            "width": width,
+            "resize": resize,
+            "numerics": numerics,
+        }
 
         device = self.device
         cond = encode_conditioning(
@@ -406,15 +439,24 @@ class SVDPipeline:
         videos = []
         for index in range(batch):
             frames = to_uint8(float_frames[index], rounding=numerics == "diffusers")
-            videos.append(Video(frames, fps, float_frames[index], latents[index].float().cpu()))
+            metadata = {**settings, "seed": seeds[index]}
+            videos.append(
+                Video(
+                    frames,
+                    fps,
+                    float_frames[index],
+                    latents[index].float().cpu(),
+                    seed=seeds[index],
+                    metadata=metadata,
+                )
+            )
         return videos[0] if single else videos
 
     @property
     def size_multiple(self) -> int:
         """Video height and width must be multiples of this: the VAE's times the UNet's downsampling
         (64 for SVD; 32 for the tiny presets, whose UNet has 3 levels)."""
-        cfg = self.config
-        return cfg.vae.downscale_factor * 2 ** (len(cfg.unet.channel_mult) - 1)
+        return self.config.size_multiple
 
     @staticmethod
     def _guidance(kind: str, low: float, high: float, num_frames: int) -> torch.Tensor:
@@ -427,15 +469,12 @@ class SVDPipeline:
     @staticmethod
     def _draw_noise(
         seed, images: torch.Tensor, latent_shape: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditioning noise (B, 3, H, W) and latent noise (B, F, C, h, w), in the official order."""
+    ) -> tuple[list[int | None], torch.Tensor, torch.Tensor]:
+        """Each image's seed (None for a Generator), conditioning noise (B, 3, H, W) and latent
+        noise (B, F, C, h, w), drawn in the official order."""
         batch = images.shape[0]
         if isinstance(seed, torch.Generator):
-            generators = [seed] * batch
-        elif seed is None:
-            generators = [
-                torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
-            ] * batch
+            generators, seeds = [seed] * batch, [None] * batch
         else:
             seeds = (
                 [seed + i for i in range(batch)]
@@ -446,9 +485,10 @@ class SVDPipeline:
                 raise ValueError(f"seed must be an int or a list of {batch} ints, got {seed!r}")
             for value in seeds:  # seed + i of a batch must stay in range too
                 _int_in("seed", value, *SEED_RANGE)
-            generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+            seeds = [int(s) for s in seeds]
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
         cond_noise, latent_noise = [], []
         for index, generator in enumerate(generators):
             cond_noise.append(torch.randn(images[index : index + 1].shape, generator=generator))
             latent_noise.append(torch.randn(latent_shape, generator=generator))
-        return torch.cat(cond_noise), torch.stack(latent_noise)
+        return seeds, torch.cat(cond_noise), torch.stack(latent_noise)

@@ -337,7 +337,7 @@ class UNet(nn.Module):
     @property
     def downscale_factor(self) -> int:
         """h and w must be multiples of this: 2 ** (number of levels - 1)."""
-        return 2 ** (len(self.cfg.channel_mult) - 1)
+        return self.cfg.downscale_factor
 
     def forward(
         self,

@@ -823,7 +823,7 @@ def test_ctrl_c_while_writing_leaves_no_file_and_keeps_an_older_one(
         real_save(self, target, *args, **kwargs)  # a whole frame file or a partial GIF ...
         raise KeyboardInterrupt  # ... then Ctrl-C
 
-    def mp4_then_interrupt(frames, target, fps):
+    def mp4_then_interrupt(frames, target, fps, comment=None):
         with open(target, "wb") as handle:
             handle.write(b"\x00" * 1000)
         raise KeyboardInterrupt
@@ -885,7 +885,7 @@ def disk_full(*args, **kwargs):
 def test_full_disk_while_writing_the_video_gives_one_line_and_no_file(
     checkpoint, image_file, tmp_path, monkeypatch, capsys
 ):
-    def partial_mp4(frames, target, fps):
+    def partial_mp4(frames, target, fps, comment=None):
         with open(target, "wb") as handle:
             handle.write(b"\x00" * 4096)
         disk_full()

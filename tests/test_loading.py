@@ -11,6 +11,7 @@ import svd_core.cli
 from svd_core import SVDConfig
 from svd_core.loading import CheckpointError, inspect_checkpoint, load, save
 from svd_core.loading.api import empty_model
+from svd_core.loading.hub import download_command
 from svd_core.loading.official import infer_official_config, official_map
 from svd_core.model import SVDModel
 
@@ -339,5 +340,55 @@ def test_hub_repo_id_loads_offline_from_the_cache(
     assert_same_state(
         tiny, load("someone/tiny-svd", filename="svd_xt.safetensors", config=SVDConfig.tiny())
     )
-    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache") as info:
         load("someone/not-cached")
+    # the command the installed huggingface-hub really has (1.x: only `hf`)
+    assert f"`{download_command()} someone/not-cached`" in str(info.value)
+
+
+def test_the_download_command_is_the_one_the_installed_huggingface_hub_has():
+    import shutil
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    command = download_command().split()[0]
+    scripts = Path(sys.executable).parent  # where pip put huggingface-hub's console scripts
+    assert (scripts / command).is_file() or shutil.which(command), (
+        command,
+        version("huggingface-hub"),
+    )
+    major = int(version("huggingface-hub").split(".")[0])
+    if major >= 1:  # huggingface-cli is gone from 1.0 on
+        assert command == "hf"
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip archive", "plain pickle"])
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".safetensors"])
+def test_a_pickle_checkpoint_is_refused_as_a_pickle_with_how_to_convert_it(
+    legacy, suffix, tmp_path
+):
+    path = tmp_path / f"model{suffix}"
+    torch.save(
+        {"state_dict": {"w": torch.zeros(2)}}, path, _use_new_zipfile_serialization=not legacy
+    )
+    with pytest.raises(CheckpointError) as info:
+        load(path)
+    message = str(info.value)
+    assert "is a pickle checkpoint" in message and "header length" not in message
+    assert "does not unpickle" in message and "can run any code" in message
+    assert "weights_only=True" in message and "model.safetensors" in message
+    assert "\n" not in message
+
+
+def test_an_image_model_is_named_as_one_without_contradicting_itself():
+    shapes = {k: v for k, v in official_shapes().items() if ".time_stack." not in k}
+    with pytest.raises(CheckpointError) as info:  # 8 input channels, like SVD's
+        infer_official_config(shapes, "model.safetensors")
+    message = str(info.value)
+    assert "no temporal layers" in message and "image model" in message
+    assert "channels" not in message  # nothing to say about them: they are SVD's 8
+    conv_in = "model.diffusion_model.input_blocks.0.0.weight"
+    shapes[conv_in] = (320, 4, 3, 3)  # Stable Diffusion's 4
+    with pytest.raises(CheckpointError, match="takes 4 channels where SVD's takes 8"):
+        infer_official_config(shapes, "model.safetensors")

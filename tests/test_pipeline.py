@@ -423,7 +423,7 @@ def test_unknown_suffix_and_missing_folder_are_errors(frames, tmp_path):
 
 
 def test_failed_writes_leave_no_partial_or_temporary_files(frames, tmp_path, monkeypatch):
-    def broken_mp4(frames, target, fps):
+    def broken_mp4(frames, target, fps, comment=None):
         with open(target, "wb") as handle:
             handle.write(b"\x00" * 100)
         raise OSError("disk full")

@@ -1,4 +1,5 @@
-"""The shipped tiny demo model (weights/): it loads strictly and it animates held-out clips.
+"""The shipped tiny demo model (package data in svd_core/weights/; its card is weights/README.md):
+it loads strictly and it animates held-out clips.
 
 The numbers it must beat come from the held-out truth, live: the static baseline (the first true
 frame repeated) scored by the same evaluation on the same clips.
@@ -14,7 +15,8 @@ from svd_core.cli import DEFAULT_MODEL_FILE, default_model_path, main
 from svd_core.evaluate import evaluate
 from svd_core.loading.api import inspect_checkpoint
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS = Path(__file__).resolve().parents[1] / "svd_core" / "weights"
+EXAMPLE = Path(__file__).resolve().parents[1] / "weights" / "example.png"  # beside the model card
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,9 +60,7 @@ def test_a_short_generation_beats_the_static_baseline_and_follows_the_motion_buc
 
 def test_cli_generate_without_model_uses_the_shipped_file(tmp_path, capsys):
     output = tmp_path / "demo.gif"
-    code = main(
-        ["generate", str(WEIGHTS / "example.png"), "-o", str(output), "--seed", "0", "--quiet"]
-    )
+    code = main(["generate", str(EXAMPLE), "-o", str(output), "--seed", "0", "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert output.is_file()
     assert str(output) in capsys.readouterr().out

@@ -26,11 +26,35 @@ class CheckpointError(ValueError):
     """A checkpoint file or folder that cannot be read as what it claims to be."""
 
 
+def _refuse_pickle(path: Path, head: bytes) -> None:
+    """CheckpointError for a pickle checkpoint (torch.save's zip archive, or a plain pickle).
+
+    svd_core never unpickles a file: unpickling runs whatever code the file names, so a checkpoint
+    from the internet could do anything. torch.load(..., weights_only=True) unpickles tensors
+    only, refusing any other code; the message says how to convert with it, once.
+    """
+    zip_archive = head.startswith(b"PK\x03\x04")  # torch.save since PyTorch 1.6: a zip of pickles
+    plain_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # PROTO opcode
+    if not (zip_archive or plain_pickle):
+        return
+    kind = "a PyTorch zip archive (torch.save)" if zip_archive else "a Python pickle"
+    target = path.with_suffix(".safetensors")
+    raise CheckpointError(
+        f"{str(path)!r} is a pickle checkpoint ({kind}), not safetensors. svd_core does not "
+        "unpickle files, because unpickling can run any code the file contains. If you trust "
+        'where it came from, convert it once: python -c "import torch, safetensors.torch as st; '
+        f"sd = torch.load({str(path)!r}, weights_only=True); sd = sd.get('state_dict', sd); "
+        f'st.save_file({{k: v.contiguous() for k, v in sd.items()}}, {str(target)!r})" '
+        f"(weights_only=True loads tensors and refuses code), then pass {str(target)!r}"
+    )
+
+
 def read_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (dtype, shape) of a safetensors file, checked against the file's size.
 
-    Raises CheckpointError for a missing file, a file that is not safetensors (bad header length or
-    JSON) and a truncated file (tensor data past the end), naming the file.
+    Raises CheckpointError for a missing file, a pickle checkpoint (.ckpt, .pt: refused, with how
+    to convert it), a file that is not safetensors (bad header length or JSON) and a truncated file
+    (tensor data past the end), naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -38,6 +62,7 @@ def read_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]
     size = path.stat().st_size
     with open(path, "rb") as handle:
         head = handle.read(8)
+        _refuse_pickle(path, head)
         if len(head) < 8:
             raise CheckpointError(
                 f"{str(path)!r} is not a safetensors file: it has only {size} bytes"

@@ -21,6 +21,15 @@ DIFFUSERS_FILES = (
 )
 
 
+def download_command() -> str:
+    """The download command of the installed huggingface-hub: `hf download` since 0.34 (the only
+    one from 1.0 on), `huggingface-cli download` before."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("huggingface-hub").split(".")[:2])
+    return "hf download" if (major, minor) >= (0, 34) else "huggingface-cli download"
+
+
 def download(
     repo_id: str,
     variant: str | None = None,
@@ -44,8 +53,8 @@ def download(
     except LocalEntryNotFoundError:
         raise CheckpointError(
             f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
-            "(offline, or HF_HUB_OFFLINE=1): download it first with "
-            f"`huggingface-cli download {repo_id}`, or pass a local path"
+            f"(offline, or HF_HUB_OFFLINE=1): download it first with `{download_command()} "
+            f"{repo_id}`, or pass a local path"
         ) from None
     except RepositoryNotFoundError:
         raise CheckpointError(f"no hub repo {repo_id!r} (or it is private: log in first)") from None

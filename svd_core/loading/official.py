@@ -57,10 +57,14 @@ def infer_official_config(
         )
     temporal = [key for key in shapes if key.startswith(UNET_PREFIX) and ".time_stack." in key]
     if not temporal:
+        channels = (
+            ""
+            if conv_in[1] == 8
+            else f", and its input convolution takes {conv_in[1]} channels where SVD's takes 8"
+        )
         raise CheckpointError(
-            "not an SVD checkpoint: its UNet has no temporal layers (no 'time_stack' keys) and its "
-            f"input convolution takes {conv_in[1]} channels (SVD: 8) - this looks like an image model "
-            "such as Stable Diffusion"
+            "not an SVD checkpoint: its UNet has no temporal layers (no 'time_stack' keys)"
+            f"{channels}; it is an image model (Stable Diffusion or similar), not a video model"
         )
     name = Path(filename).name.lower() if filename else ""
     if "xt_1_1" in name or "xt-1-1" in name:

@@ -83,12 +83,8 @@ def run_command(args: argparse.Namespace, config=None) -> int:
     Returns 0 (every component within its tolerance) or 1 (some component beyond it). Bad
     arguments raise ParityError, a ValueError: exit code 2 with one line in svd_core.cli.
     """
-    import torch
-
     options = options_from_args(args)
     reports = _report_paths(args.report)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ParityError(f"device {args.device!r} asked for, but no CUDA GPU is available")
     try:
         import_reference()
     except ReferenceUnavailableError as error:

@@ -226,7 +226,7 @@ def _check_vae_components(components: tuple[str, ...], name: str, problem: str |
 
 def size_multiple(config: SVDConfig) -> int:
     """Image sides must be multiples of this: the VAE's downscaling times the UNet's."""
-    return config.vae.downscale_factor * 2 ** (len(config.unet.channel_mult) - 1)
+    return config.size_multiple
 
 
 def parse_size(text: str) -> tuple[int, int]:
