@@ -6,7 +6,8 @@ Exit codes: 0 success, 2 bad arguments, missing files or bad checkpoints (one li
 interrupted or terminated run leaves no broken or temporary file. Warnings are one line each.
 
 Only the standard library is imported here at start-up; torch and the rest of svd_core are
-imported inside `main`, so a Ctrl-C during `import torch` is an ordinary interrupt, not a traceback.
+imported inside `main`, with Ctrl-C held back until `import torch` is done (`_import_torch`), so
+an early Ctrl-C is an ordinary interrupt, never a traceback or a half-imported library.
 """
 
 from __future__ import annotations
@@ -648,6 +649,29 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def _import_torch() -> None:
+    """Import torch (and numpy) with Ctrl-C held back until the import is done.
+
+    An interrupt in the middle of `import torch` can leave half-imported modules behind (some
+    libraries swallow the exception inside their own imports: numpy without `np.flexible`, say),
+    and the run then fails much later with a strange traceback. So SIGINT only sets a flag here,
+    and is raised as KeyboardInterrupt once the import has finished (a second or two at most).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        import torch  # noqa: F401  (only the main thread can hold signals back)
+
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svd-core` console script; returns the exit code."""
     # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temporary
@@ -656,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     command = None
     try:
+        _import_torch()
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             parser = build_parser()

@@ -285,7 +285,9 @@ def test_importing_the_cli_does_not_import_torch():
 
 def test_ctrl_c_in_the_first_second_is_an_interrupt_not_a_traceback(image_file, tmp_path):
     process = subprocess.Popen(
-        [str(SVD_CORE), "generate", str(image_file), "-o", str(tmp_path / "clip.mp4")],
+        # 1000 steps: still sampling when the signal comes, however fast the machine
+        [str(SVD_CORE), "generate", str(image_file), "-o", str(tmp_path / "clip.mp4")]
+        + ["--steps", "1000", "--quiet"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
