@@ -14,11 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .nn.embeddings import embed_added
-from .sampling import apply_guidance, denoise_v_prediction, v_prediction_scalings
+from .sampling import Denoiser, apply_guidance, denoise_v_prediction
+
+if TYPE_CHECKING:  # for the type hints only (model imports the networks; nothing here needs them)
+    from .model import SVDModel
+    from .unet import UNet
+
+# A network of the preconditioned form: (c_in-scaled noisy latent, c_noise) -> output.
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -46,7 +54,7 @@ class Conditioning:
 
 
 def encode_conditioning(
-    model,
+    model: SVDModel,
     image: torch.Tensor,
     cond_noise: torch.Tensor,
     fps_id: float | torch.Tensor,
@@ -93,9 +101,7 @@ def encode_conditioning(
     return Conditioning(context, image_latent, vector.to(image.device))
 
 
-def conditioned_network(
-    unet, cond: Conditioning
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def conditioned_network(unet: UNet, cond: Conditioning) -> Network:
     """The UNet as a function of (c_in-scaled noisy latent (B, F, C, h, w), c_noise (B,)) only."""
     unet_dtype = next(unet.parameters()).dtype
 
@@ -115,48 +121,48 @@ def conditioned_network(
 
 
 def guided_denoiser(
-    unet,
+    unet: UNet,
     cond: Conditioning,
     scale: torch.Tensor,
     batched: bool = True,
     guide: str = "denoised",
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+) -> Denoiser:
     """The classifier-free-guided denoiser D(x, sigma) with a guidance scale per frame (F,).
 
-    batched=True runs the unconditional and conditional branches as one batch of 2B (unconditional
-    first, as the official code); False runs them one after the other, halving activation memory,
-    with the same result. guide="denoised" mixes the two denoised predictions (official);
-    guide="output" mixes the network outputs before preconditioning (diffusers); D is affine in the
-    output with weights summing to one, so both agree up to round-off.
+    Built from the one preconditioning function, `sampling.denoise_v_prediction`. batched=True runs
+    the unconditional and conditional branches as one batch of 2B (unconditional first, as the
+    official code); False runs them one after the other, halving activation memory, with the same
+    result. guide="denoised" mixes the two denoised predictions (official); guide="output" mixes
+    the network outputs before preconditioning (diffusers); D is affine in the output with weights
+    summing to one, so both agree up to round-off.
     """
     if guide not in ("denoised", "output"):
         raise ValueError(f"guide must be 'denoised' or 'output', got {guide!r}")
     uncond = cond.unconditional()
-    if batched:
-        both = conditioned_network(unet, Conditioning.cat(uncond, cond))
-
-        def branches(x: torch.Tensor, c_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return both(torch.cat([x, x]), torch.cat([c_noise, c_noise])).chunk(2)
+    if batched:  # one UNet call on the batch of 2B: the unconditional half first
+        pair_network = conditioned_network(unet, Conditioning.cat(uncond, cond))
     else:
         uncond_net, cond_net = conditioned_network(unet, uncond), conditioned_network(unet, cond)
 
-        def branches(x: torch.Tensor, c_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return uncond_net(x, c_noise), cond_net(x, c_noise)
+        def pair_network(scaled_x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            """The same on the batch of 2B, one branch (one half) after the other."""
+            (x_uncond, x_cond), (c_uncond, c_cond) = scaled_x.chunk(2), c_noise.chunk(2)
+            return torch.cat([uncond_net(x_uncond, c_uncond), cond_net(x_cond, c_cond)])
+
+    def twice(t: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (2B, ...): once per branch
+        return torch.cat([t, t])
 
     if guide == "output":
 
         def guided_network(scaled_x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-            return apply_guidance(*branches(scaled_x, c_noise), scale)
+            out_uncond, out_cond = pair_network(twice(scaled_x), twice(c_noise)).chunk(2)
+            return apply_guidance(out_uncond, out_cond, scale)
 
         return lambda x, sigma: denoise_v_prediction(guided_network, x, sigma)
 
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        c_skip, c_out, c_in, c_noise = v_prediction_scalings(sigma)
-        column = (-1, *([1] * (x.ndim - 1)))
-        out_uncond, out_cond = branches(x * c_in.reshape(column), c_noise)
-        skip = x * c_skip.reshape(column)
-        denoised_uncond = out_uncond * c_out.reshape(column) + skip
-        denoised_cond = out_cond * c_out.reshape(column) + skip
+        both = denoise_v_prediction(pair_network, twice(x), twice(sigma))  # (2B, F, C, h, w)
+        denoised_uncond, denoised_cond = both.chunk(2)
         return apply_guidance(denoised_uncond, denoised_cond, scale)
 
     return denoiser

@@ -16,17 +16,22 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import __version__, sampling
 from .conditioning import encode_conditioning, guided_denoiser
-from .io import check_video_size, fit_image, load_image, save_video, to_uint8
+from .config import SVDConfig
 
-GUIDANCE_SCHEDULES = ("linear", "constant", "triangle")
+if TYPE_CHECKING:  # for the type hints only
+    from .model import SVDModel
+from .io import RESIZE_MODES, check_video_size, fit_image, load_image, save_video, to_uint8
+
+GUIDANCE_SCHEDULES = tuple(sampling.GUIDANCE_SCHEDULES)  # the names; the functions: sampling
 NUMERICS = ("official", "diffusers")
 
 # The accepted range of every sampling argument: outside it a run means nothing to the model or
@@ -148,6 +153,40 @@ def _number_in(name: str, value, low: float, high: float, rule: str | None = Non
     return number
 
 
+def _check_fps(value) -> float:
+    return _number_in(
+        "fps",
+        value,
+        *FPS_RANGE,
+        f"positive, from {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g} (the model is conditioned on "
+        "fps_id = fps - 1, which must be >= 0)",
+    )
+
+
+# The one check of each sampling value (name -> value -> the value as int or float, or ValueError
+# naming the value and the range): SamplingOptions and check_options both use it.
+VALUE_CHECKS = {
+    "num_frames": lambda v: _int_in("num_frames", v, 1, MAX_FRAMES),
+    "num_steps": lambda v: _int_in("num_steps", v, 1, MAX_STEPS),
+    "decode_chunk_size": lambda v: _positive_int("decode_chunk_size", v),
+    "fps": _check_fps,
+    "motion_bucket_id": lambda v: _number_in("motion_bucket_id", v, *MOTION_BUCKET_RANGE),
+    "cond_aug": lambda v: _number_in("cond_aug", v, *COND_AUG_RANGE),
+    "min_guidance": lambda v: _number_in("min_guidance", v, *GUIDANCE_RANGE),
+    "max_guidance": lambda v: _number_in("max_guidance", v, *GUIDANCE_RANGE),
+}
+
+
+def _check_seed(seed) -> None:
+    if seed is None or isinstance(seed, torch.Generator):
+        return
+    seeds = [seed] if isinstance(seed, (int, np.integer)) else seed
+    if isinstance(seed, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise ValueError(f"seed must be an int, a list of ints or a torch.Generator, got {seed!r}")
+    for value in seeds:
+        _int_in("seed", value, *SEED_RANGE)
+
+
 def check_options(
     num_frames: int | None = None,
     num_steps: int | None = None,
@@ -163,42 +202,104 @@ def check_options(
 
     Returns them as ints and floats, keyed by name. Raises ValueError naming the argument, the
     value given and the range accepted (the constants above). It needs no model, so the command
-    line calls it before loading one; SVDPipeline calls it with the preset's defaults filled in.
+    line calls it before loading one; SamplingOptions checks every value the same way.
     """
-    checked: dict = {}
-    if num_frames is not None:
-        checked["num_frames"] = _int_in("num_frames", num_frames, 1, MAX_FRAMES)
-    if num_steps is not None:
-        checked["num_steps"] = _int_in("num_steps", num_steps, 1, MAX_STEPS)
-    if decode_chunk_size is not None:
-        checked["decode_chunk_size"] = _positive_int("decode_chunk_size", decode_chunk_size)
-    if fps is not None:
-        checked["fps"] = _number_in(
-            "fps",
-            fps,
-            *FPS_RANGE,
-            f"positive, from {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g} (the model is conditioned on "
-            "fps_id = fps - 1, which must be >= 0)",
-        )
-    if motion_bucket_id is not None:
-        checked["motion_bucket_id"] = _number_in(
-            "motion_bucket_id", motion_bucket_id, *MOTION_BUCKET_RANGE
-        )
-    if cond_aug is not None:
-        checked["cond_aug"] = _number_in("cond_aug", cond_aug, *COND_AUG_RANGE)
-    for name, value in (("min_guidance", min_guidance), ("max_guidance", max_guidance)):
-        if value is not None:
-            checked[name] = _number_in(name, value, *GUIDANCE_RANGE)
+    given = {
+        "num_frames": num_frames,
+        "num_steps": num_steps,
+        "decode_chunk_size": decode_chunk_size,
+        "fps": fps,
+        "motion_bucket_id": motion_bucket_id,
+        "cond_aug": cond_aug,
+        "min_guidance": min_guidance,
+        "max_guidance": max_guidance,
+    }
+    checked = {k: VALUE_CHECKS[k](v) for k, v in given.items() if v is not None}
+    _check_seed(seed)
     if seed is not None and not isinstance(seed, torch.Generator):
-        seeds = [seed] if isinstance(seed, (int, np.integer)) else seed
-        if isinstance(seed, (str, bytes)) or not isinstance(seeds, Sequence):
-            raise ValueError(
-                f"seed must be an int, a list of ints or a torch.Generator, got {seed!r}"
-            )
-        for value in seeds:
-            _int_in("seed", value, *SEED_RANGE)
         checked["seed"] = seed
     return checked
+
+
+def _named(table: dict, what: str, choice):
+    """A sampler or guidance schedule given as a function (used as is) or by its name in `table`."""
+    if callable(choice):
+        return choice
+    if isinstance(choice, str) and choice in table:
+        return table[choice]
+    raise ValueError(f"{what} must be one of {sorted(table)} or a function, got {choice!r}")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Every setting of one run but the image, the seed and the memory mode, checked once.
+
+    Build it with `SamplingOptions.for_model(config, **given)`: what is not given (None) is the
+    model's preset default, and the video size is checked against the model's size multiple.
+    Constructing it checks every value (the ranges at the top of this module, VALUE_CHECKS) and
+    turns a sampler or guidance name into its function (sampling.SAMPLERS,
+    sampling.GUIDANCE_SCHEDULES); a function is taken as it is, so a new sampler needs no table
+    entry: pass `sampler=my_sampler(denoiser, x, sigmas, callback=None, progress=False)` or
+    `guidance=my_schedule(min_scale, max_scale, num_frames) -> (F,)`.
+    """
+
+    num_frames: int
+    num_steps: int
+    fps: float  # the clip's frame rate; the model is conditioned on fps_id = fps - 1
+    motion_bucket_id: float
+    cond_aug: float
+    min_guidance: float  # guidance scale of the first frame
+    max_guidance: float  # ... and of the last
+    decode_chunk_size: int  # frames the VAE decodes at a time
+    height: int
+    width: int
+    resize: str = "crop"  # how the image is fitted to (height, width): io.RESIZE_MODES
+    sampler: sampling.Sampler | str = "euler"
+    guidance: sampling.GuidanceSchedule | str = "linear"
+    numerics: str = "official"  # or "diffusers": its choices where the references differ
+
+    def __post_init__(self) -> None:
+        for name, check in VALUE_CHECKS.items():
+            object.__setattr__(self, name, check(getattr(self, name)))
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        sampler = _named(sampling.SAMPLERS, "sampler", self.sampler)
+        object.__setattr__(self, "sampler", sampler)
+        guidance = _named(sampling.GUIDANCE_SCHEDULES, "guidance", self.guidance)
+        object.__setattr__(self, "guidance", guidance)
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, got {self.numerics!r}")
+
+    @classmethod
+    def for_model(cls, config: SVDConfig, **given) -> SamplingOptions:
+        """The options of a run of a model with `config`: None (or absent) = the preset's value."""
+        values = {f.name: getattr(config, f.name, None) for f in fields(cls)}  # the preset's
+        values.update({k: v for k, v in given.items() if v is not None})
+        options = cls(**{k: v for k, v in values.items() if v is not None})
+        factor, multiple = config.vae.downscale_factor, config.size_multiple
+        check_video_size(
+            options.height,
+            options.width,
+            multiple,
+            f" (this model's VAE downsamples {factor}x, then its UNet {multiple // factor}x)",
+        )
+        return options
+
+    def guidance_scales(self) -> torch.Tensor:
+        """The guidance scale of every frame: (num_frames,)."""
+        return self.guidance(self.min_guidance, self.max_guidance, self.num_frames)
+
+    def to_dict(self) -> dict:
+        """The options as plain values (a sampler or schedule by its name), e.g. for a video's
+        metadata."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, table in (
+            ("sampler", sampling.SAMPLERS),
+            ("guidance", sampling.GUIDANCE_SCHEDULES),
+        ):
+            function = values[name]
+            values[name] = next((k for k, v in table.items() if v is function), function.__name__)
+        return values
 
 
 def _warn_outside_official(fps: float, motion_bucket_id: float) -> None:
@@ -232,7 +333,7 @@ class SVDPipeline:
     the error gives is bfloat16 (float32's range in half the memory) or float32.
     """
 
-    def __init__(self, model, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: SVDModel, dtype: torch.dtype | None = None) -> None:
         if dtype is not None:
             if dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
@@ -282,13 +383,17 @@ class SVDPipeline:
         motion bucket 127, cond_aug 0.02, guidance min -> max over the frames, decode chunk, size.
 
         seed: int (image i uses seed + i), a list of ints (one per image), a CPU torch.Generator
-        (draws in sequence), or None (a `random_seed()`, recorded in each Video's `seed`). noise: initial unit-variance latent noise
-        (B, F, C, h, w), used instead of the seeded draw (then scaled by sqrt(1 + sigma_max^2)).
+        (draws in sequence), or None (a `random_seed()`, recorded in each Video's `seed`).
+        noise: initial unit-variance latent noise (B, F, C, h, w), used instead of the seeded draw
+        (then scaled by sqrt(1 + sigma_max^2)).
         resize: "crop" (the largest centered box of the video's aspect ratio, scaled to the size),
         "squash", or "none" (the image must have the size). height and width: multiples of
         `self.size_multiple` (64 for SVD), at most 4096.
-        sampler: "euler" (official), "heun" or "dpmpp_2m". guidance: "linear" (official),
-        "constant" (max_guidance everywhere) or "triangle". batch_guidance=False runs the two
+        sampler: a sampler function (`sampling.sample_euler`, ..., or your own with that
+        signature) or its name: "euler" (official), "heun" or "dpmpp_2m". guidance: a schedule
+        function `(min_scale, max_scale, num_frames) -> (F,)` or its name: "linear" (official),
+        "constant" (max_guidance everywhere) or "triangle". Every option is checked once, into a
+        frozen `SamplingOptions` (`SamplingOptions.for_model(model.config, ...)` builds the same). batch_guidance=False runs the two
         guidance branches one after the other (half the UNet's activation memory, the same result
         up to float32 round-off); None (default): batched, except for a low-memory model.
         A low-memory model (`svd_core.load(..., low_memory=True)`) holds one network at a time:
@@ -305,51 +410,49 @@ class SVDPipeline:
         the official script. NaN or inf anywhere stops the run with NumericalError.
         """
         cfg = self.config
-        options = check_options(
-            num_frames=cfg.num_frames if num_frames is None else num_frames,
-            num_steps=cfg.num_steps if num_steps is None else num_steps,
-            decode_chunk_size=cfg.decode_chunk_size
-            if decode_chunk_size is None
-            else decode_chunk_size,
-            fps=cfg.fps if fps is None else fps,
-            motion_bucket_id=cfg.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
-            cond_aug=cfg.cond_aug if cond_aug is None else cond_aug,
-            min_guidance=cfg.min_guidance if min_guidance is None else min_guidance,
-            max_guidance=cfg.max_guidance if max_guidance is None else max_guidance,
-            seed=seed,
+        options = SamplingOptions.for_model(
+            cfg,
+            num_frames=num_frames,
+            num_steps=num_steps,
+            fps=fps,
+            motion_bucket_id=motion_bucket_id,
+            cond_aug=cond_aug,
+            min_guidance=min_guidance,
+            max_guidance=max_guidance,
+            decode_chunk_size=decode_chunk_size,
+            height=height,
+            width=width,
+            resize=resize,
+            sampler=sampler,
+            guidance=guidance,
+            numerics=numerics,
         )
-        num_frames, num_steps = options["num_frames"], options["num_steps"]
-        decode_chunk_size, fps = options["decode_chunk_size"], options["fps"]
-        motion_bucket_id, cond_aug = options["motion_bucket_id"], options["cond_aug"]
-        min_guidance, max_guidance = options["min_guidance"], options["max_guidance"]
-        height = cfg.height if height is None else height
-        width = cfg.width if width is None else width
-        factor, multiple = cfg.vae.downscale_factor, self.size_multiple
-        unet_factor = multiple // factor
-        check_video_size(
-            height,
-            width,
-            multiple,
-            f" (this model's VAE downsamples {factor}x, then its UNet {unet_factor}x)",
-        )
-        if sampler not in sampling.SAMPLERS:
-            raise ValueError(f"sampler must be one of {sorted(sampling.SAMPLERS)}, got {sampler!r}")
-        if guidance not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"guidance must be one of {GUIDANCE_SCHEDULES}, got {guidance!r}")
+        _check_seed(seed)
         if batch_guidance is None:
             batch_guidance = not self.model.low_memory
         elif not isinstance(batch_guidance, bool):
             raise ValueError(f"batch_guidance must be True, False or None, got {batch_guidance!r}")
-        if numerics not in NUMERICS:
-            raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
         if noise is not None:
             if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
                 kind = noise.dtype if isinstance(noise, torch.Tensor) else type(noise).__name__
                 raise ValueError(f"noise must be a float tensor (B, F, C, h, w), got {kind}")
             if not torch.isfinite(noise).all():
                 raise ValueError("noise contains NaN or infinite values")
-        _warn_outside_official(fps, motion_bucket_id)
+        _warn_outside_official(options.fps, options.motion_bucket_id)
+        return self._sample(image, options, seed, noise, batch_guidance, progress, callback)
 
+    def _sample(
+        self,
+        image,
+        options: SamplingOptions,
+        seed,
+        noise: torch.Tensor | None,
+        batch_guidance: bool,
+        progress: bool,
+        callback,
+    ) -> Video | list[Video]:
+        """The run itself, with every argument checked (`__call__`)."""
+        cfg, o = self.config, options
         single = not isinstance(image, (list, tuple)) and not (
             isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] > 1
         )
@@ -358,9 +461,17 @@ class SVDPipeline:
         ]
         if not images:
             raise ValueError("no images given")
-        images = torch.cat([fit_image(item, height, width, resize, multiple) for item in images])
+        images = torch.cat(
+            [fit_image(item, o.height, o.width, o.resize, cfg.size_multiple) for item in images]
+        )
         batch = images.shape[0]
-        latent_shape = (num_frames, cfg.vae.latent_channels, height // factor, width // factor)
+        factor = cfg.vae.downscale_factor
+        latent_shape = (
+            o.num_frames,
+            cfg.vae.latent_channels,
+            o.height // factor,
+            o.width // factor,
+        )
 
         if seed is None:
             seed = random_seed()
@@ -373,48 +484,30 @@ class SVDPipeline:
                 )
             latent_noise = noise.float().cpu()
             seeds = [None] * batch
-        settings = {
-            "svd_core": __version__,
-            "model": cfg.name,
-            "num_frames": num_frames,
-            "num_steps": num_steps,
-            "fps": fps,
-            "motion_bucket_id": motion_bucket_id,
-            "cond_aug": cond_aug,
-            "min_guidance": min_guidance,
-            "max_guidance": max_guidance,
-            "guidance": guidance,
-            "sampler": sampler,
-            "height": height,
-            "width": width,
-            "resize": resize,
-            "numerics": numerics,
-        }
 
         device = self.device
         cond = encode_conditioning(
             self.model,
             images.to(device),
             cond_noise.to(device),
-            fps_id=fps - 1,
-            motion_bucket_id=motion_bucket_id,
-            cond_aug=cond_aug,
-            clip_preprocess=numerics,
+            fps_id=o.fps - 1,
+            motion_bucket_id=o.motion_bucket_id,
+            cond_aug=o.cond_aug,
+            clip_preprocess=o.numerics,
         )
         encoder_dtype = next(self.model.image_encoder.parameters()).dtype
         vae_dtype = next(self.model.vae.parameters()).dtype
         _check_finite(cond.context, "the image encoder's embedding of the image", encoder_dtype)
         _check_finite(cond.image_latent, "the VAE encoder's latent of the image", vae_dtype)
-        scale = self._guidance(guidance, min_guidance, max_guidance, num_frames).to(device)
         denoiser = guided_denoiser(
             self.model.unet,
             cond,
-            scale,
+            o.guidance_scales().to(device),
             batched=batch_guidance,
-            guide="denoised" if numerics == "official" else "output",
+            guide="denoised" if o.numerics == "official" else "output",
         )
         sigmas = sampling.karras_sigmas(
-            num_steps, cfg.sigma_min, cfg.sigma_max, numerics=numerics
+            o.num_steps, cfg.sigma_min, cfg.sigma_max, numerics=o.numerics
         ).to(device)
         x = latent_noise.to(device) * torch.sqrt(1.0 + sigmas[0] ** 2)
 
@@ -427,29 +520,20 @@ class SVDPipeline:
                 callback(info)
 
         with self.model.resident("unet"):  # a low-memory model reads the UNet now, frees it after
-            latents = sampling.SAMPLERS[sampler](
-                denoiser, x, sigmas, callback=check_and_report, progress=progress
-            )
+            latents = o.sampler(denoiser, x, sigmas, callback=check_and_report, progress=progress)
         with self.model.resident("vae_decoder"):
             decoded = self.model.vae.decode(
-                (latents / cfg.vae.scaling_factor).to(vae_dtype), chunk_size=decode_chunk_size
+                (latents / cfg.vae.scaling_factor).to(vae_dtype), chunk_size=o.decode_chunk_size
             )
         _check_finite(decoded, "the VAE decoder's frames", vae_dtype)
         float_frames = ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()  # (B, F, 3, H, W)
+        settings = {"svd_core": __version__, "model": cfg.name, **o.to_dict()}
         videos = []
         for index in range(batch):
-            frames = to_uint8(float_frames[index], rounding=numerics == "diffusers")
+            frames = to_uint8(float_frames[index], rounding=o.numerics == "diffusers")
+            latent = latents[index].float().cpu()
             metadata = {**settings, "seed": seeds[index]}
-            videos.append(
-                Video(
-                    frames,
-                    fps,
-                    float_frames[index],
-                    latents[index].float().cpu(),
-                    seed=seeds[index],
-                    metadata=metadata,
-                )
-            )
+            videos.append(Video(frames, o.fps, float_frames[index], latent, seeds[index], metadata))
         return videos[0] if single else videos
 
     @property
@@ -457,14 +541,6 @@ class SVDPipeline:
         """Video height and width must be multiples of this: the VAE's times the UNet's downsampling
         (64 for SVD; 32 for the tiny presets, whose UNet has 3 levels)."""
         return self.config.size_multiple
-
-    @staticmethod
-    def _guidance(kind: str, low: float, high: float, num_frames: int) -> torch.Tensor:
-        if kind == "linear":
-            return sampling.linear_guidance(low, high, num_frames)
-        if kind == "constant":
-            return sampling.constant_guidance(high, num_frames)
-        return sampling.triangle_guidance(low, high, num_frames)
 
     @staticmethod
     def _draw_noise(

@@ -117,6 +117,20 @@ def triangle_guidance(
     return wave * (max_scale - min_scale) + min_scale
 
 
+def constant_max_guidance(min_scale: float, max_scale: float, num_frames: int) -> torch.Tensor:
+    """`constant_guidance` in the schedules' common signature: max_scale for every frame, (F,)."""
+    return constant_guidance(max_scale, num_frames)
+
+
+GuidanceSchedule = Callable[[float, float, int], torch.Tensor]  # (min, max, num_frames) -> (F,)
+# The schedules by the names the command line and SVDPipeline(guidance="...") accept.
+GUIDANCE_SCHEDULES: dict[str, GuidanceSchedule] = {
+    "linear": linear_guidance,  # official
+    "constant": constant_max_guidance,
+    "triangle": triangle_guidance,
+}
+
+
 def apply_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance with a scale per frame: uncond + scale[f] * (cond - uncond).
 
@@ -244,4 +258,10 @@ def sample_dpmpp_2m(
     return x
 
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+Sampler = Callable[..., torch.Tensor]  # sampler(denoiser, x, sigmas, callback=..., progress=...)
+# The samplers by the names the command line and SVDPipeline(sampler="...") accept.
+SAMPLERS: dict[str, Sampler] = {
+    "euler": sample_euler,  # official
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+}
