@@ -273,6 +273,25 @@ class DecoderLevel(nn.Module):
         return h
 
 
+def skip_channels(cfg: UNetConfig) -> list[list[int]]:
+    """The channels of the encoder activations each decoder level concatenates, by level.
+
+    The encoder keeps conv_in's output and the output of every res block and downsampler; the
+    decoder, deepest level first, takes them back last-in first-out, num_res_blocks + 1 per level.
+    Entry `level` lists the channels its blocks read, in block order. (The key maps walk the same
+    bookkeeping: svd_core.loading.unet_maps.)
+    """
+    levels = cfg.level_channels
+    last = len(levels) - 1
+    kept = [cfg.model_channels]  # conv_in's output first
+    for level, level_channels in enumerate(levels):
+        kept += [level_channels] * (cfg.num_res_blocks + (level != last))
+    consumed: list[list[int]] = [[] for _ in levels]
+    for level in reversed(range(len(levels))):
+        consumed[level] = [kept.pop() for _ in range(cfg.num_res_blocks + 1)]
+    return consumed
+
+
 class UNet(nn.Module):
     """The SVD denoiser network: (B, F, in_channels, h, w) -> (B, F, out_channels, h, w).
 
@@ -305,8 +324,6 @@ class UNet(nn.Module):
         self.vector_embed = EmbeddingMLP(cfg.vector_dim, cfg.time_embed_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.model_channels, 3, padding=1)
 
-        # Channels of every encoder activation the decoder reads, conv_in's output first.
-        skip_channels = [cfg.model_channels]
         self.encoder = nn.ModuleList()
         channels = cfg.model_channels
         for level, level_channels in enumerate(levels):
@@ -315,18 +332,19 @@ class UNet(nn.Module):
                 EncoderLevel(channels, level_channels, cfg, attention, downsample=level != last)
             )
             channels = level_channels
-            skip_channels += [channels] * (cfg.num_res_blocks + (level != last))
 
         self.middle = MiddleBlock(channels, cfg)
 
         # Indexed by level like the encoder (decoder[i] works at encoder[i]'s resolution); forward
         # runs them deepest first.
         decoder = []
+        consumed = skip_channels(cfg)
         for level in reversed(range(len(levels))):
-            consumed = [skip_channels.pop() for _ in range(cfg.num_res_blocks + 1)]
             attention = level in cfg.attention_levels
             decoder.append(
-                DecoderLevel(channels, consumed, levels[level], cfg, attention, upsample=level > 0)
+                DecoderLevel(
+                    channels, consumed[level], levels[level], cfg, attention, upsample=level > 0
+                )
             )
             channels = levels[level]
         self.decoder = nn.ModuleList(reversed(decoder))

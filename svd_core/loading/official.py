@@ -18,12 +18,12 @@ from ..config import SVDConfig
 from .clip_maps import official_clip_map
 from .files import CheckpointError
 from .keymap import KeyMap
+from .unet_maps import OFFICIAL_PREFIX as UNET_PREFIX
 from .unet_maps import official_unet_map
-from .vae_maps import official_vae_map
+from .vae_maps import OFFICIAL_COND_AE, OFFICIAL_FIRST_STAGE, official_vae_map
 
-UNET_PREFIX = "model.diffusion_model."
-TEMPORAL_DECODER_KEY = "first_stage_model.decoder.mid.block_1.time_stack.in_layers.0.weight"
-DUPLICATE_ENCODER = ("conditioner.embedders.3.encoder.encoder.", "first_stage_model.encoder.")
+TEMPORAL_DECODER_KEY = OFFICIAL_FIRST_STAGE + "decoder.mid.block_1.time_stack.in_layers.0.weight"
+DUPLICATE_ENCODER = (OFFICIAL_COND_AE + "encoder.", OFFICIAL_FIRST_STAGE + "encoder.")
 
 
 def official_map(config: SVDConfig) -> KeyMap:

@@ -26,9 +26,11 @@ its shape in all three layouts (the transformers' proj_in/proj_out are linear la
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import ConfigError, UNetConfig
+from ..unet import skip_channels
 from .keymap import KeyMap
 
 OFFICIAL_PREFIX = "model.diffusion_model."
@@ -59,6 +61,87 @@ _SUBLAYERS = {  # ours -> name in both references (official and diffusers agree 
 }
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How one layout spells the UNet's blocks (the table in the module docstring).
+
+    In the patterns, `{level}` is our level index, `{up}` the level counted from the deepest
+    (diffusers orders its up blocks by execution), `{i}` the block within a level, and `{k}` the
+    official running block number; `{after}` is where the official file keeps a decoder level's
+    upsampler inside its last block (1, or 2 after a transformer).
+    """
+
+    time_embed: tuple[str, str]  # linear_1, linear_2
+    vector_embed: tuple[str, str]
+    conv_in: str
+    encoder_res: str
+    encoder_transformer: str
+    downsample: str
+    middle: tuple[str, str, str]  # res_in, transformer, res_out
+    decoder_res: str
+    decoder_transformer: str
+    upsample: str
+    norm_out: str
+    conv_out: str
+    res_halves: tuple[str, str]  # where a res block keeps its spatial and its temporal half
+    res_parts: dict[str, str]  # our res block part -> theirs (skip: the 1x1 conv of a width change)
+    temporal_blocks: str  # a transformer's list of temporal blocks
+    frame_mlp: tuple[str, str]  # the frame-position embedding's two linear layers
+
+
+_OFFICIAL = _Layout(
+    time_embed=("time_embed.0", "time_embed.2"),
+    vector_embed=("label_emb.0.0", "label_emb.0.2"),
+    conv_in="input_blocks.0.0",
+    encoder_res="input_blocks.{k}.0",
+    encoder_transformer="input_blocks.{k}.1",
+    downsample="input_blocks.{k}.0.op",
+    middle=("middle_block.0", "middle_block.1", "middle_block.2"),
+    decoder_res="output_blocks.{k}.0",
+    decoder_transformer="output_blocks.{k}.1",
+    upsample="output_blocks.{k}.{after}.conv",
+    norm_out="out.0",
+    conv_out="out.2",
+    res_halves=("", ".time_stack"),  # sgm's VideoResBlock subclasses ResBlock: 2D at its top
+    res_parts={
+        "norm1": "in_layers.0",
+        "conv1": "in_layers.2",
+        "emb_proj": "emb_layers.1",
+        "norm2": "out_layers.0",
+        "conv2": "out_layers.3",
+        "skip": "skip_connection",
+    },
+    temporal_blocks="time_stack",
+    frame_mlp=("0", "2"),
+)
+
+_DIFFUSERS = _Layout(
+    time_embed=("time_embedding.linear_1", "time_embedding.linear_2"),
+    vector_embed=("add_embedding.linear_1", "add_embedding.linear_2"),
+    conv_in="conv_in",
+    encoder_res="down_blocks.{level}.resnets.{i}",
+    encoder_transformer="down_blocks.{level}.attentions.{i}",
+    downsample="down_blocks.{level}.downsamplers.0.conv",
+    middle=("mid_block.resnets.0", "mid_block.attentions.0", "mid_block.resnets.1"),
+    decoder_res="up_blocks.{up}.resnets.{i}",
+    decoder_transformer="up_blocks.{up}.attentions.{i}",
+    upsample="up_blocks.{up}.upsamplers.0.conv",
+    norm_out="conv_norm_out",
+    conv_out="conv_out",
+    res_halves=(".spatial_res_block", ".temporal_res_block"),
+    res_parts={
+        "norm1": "norm1",
+        "conv1": "conv1",
+        "emb_proj": "time_emb_proj",
+        "norm2": "norm2",
+        "conv2": "conv2",
+        "skip": "conv_shortcut",
+    },
+    temporal_blocks="temporal_transformer_blocks",
+    frame_mlp=("linear_1", "linear_2"),
+)
+
+
 def _affine(ours: str, theirs: str) -> dict[str, str]:
     return {f"{ours}.weight": f"{theirs}.weight", f"{ours}.bias": f"{theirs}.bias"}
 
@@ -79,148 +162,105 @@ def _transformer_block(ours: str, theirs: str, temporal: bool) -> dict[str, str]
     return entries
 
 
-def _transformer(ours: str, theirs: str, cfg: UNetConfig, diffusers: bool) -> dict[str, str]:
+def _transformer(ours: str, theirs: str, cfg: UNetConfig, layout: _Layout) -> dict[str, str]:
     """A SpatioTemporalTransformer; `theirs` is its prefix in the reference layout."""
-    temporal_list = "temporal_transformer_blocks" if diffusers else "time_stack"
-    frame_mlp = ("linear_1", "linear_2") if diffusers else ("0", "2")
     entries = {}
     for name in ("norm", "proj_in", "proj_out"):
-        entries.update(_affine(f"{ours}.{name}", f"{theirs}.{name}"))
+        entries |= _affine(f"{ours}.{name}", f"{theirs}.{name}")
     for d in range(cfg.transformer_depth):
-        entries.update(
-            _transformer_block(
-                f"{ours}.spatial_blocks.{d}", f"{theirs}.transformer_blocks.{d}", False
-            )
+        spatial, temporal = (
+            f"{theirs}.transformer_blocks.{d}",
+            f"{theirs}.{layout.temporal_blocks}.{d}",
         )
-        entries.update(
-            _transformer_block(f"{ours}.temporal_blocks.{d}", f"{theirs}.{temporal_list}.{d}", True)
+        entries |= _transformer_block(f"{ours}.spatial_blocks.{d}", spatial, temporal=False)
+        entries |= _transformer_block(f"{ours}.temporal_blocks.{d}", temporal, temporal=True)
+    for index, theirs_linear in enumerate(layout.frame_mlp, 1):
+        entries |= _affine(
+            f"{ours}.frame_embed.linear_{index}", f"{theirs}.time_pos_embed.{theirs_linear}"
         )
-    entries.update(
-        _affine(f"{ours}.frame_embed.linear_1", f"{theirs}.time_pos_embed.{frame_mlp[0]}")
-    )
-    entries.update(
-        _affine(f"{ours}.frame_embed.linear_2", f"{theirs}.time_pos_embed.{frame_mlp[1]}")
-    )
     entries[f"{ours}.blend.mix_factor"] = f"{theirs}.time_mixer.mix_factor"
     return entries
 
 
-def _res_block(ours: str, theirs: str, has_skip: bool, diffusers: bool) -> dict[str, str]:
-    """A SpatioTemporalResBlock; `theirs` is its prefix in the reference layout."""
-    if diffusers:
-        spatial, temporal = f"{theirs}.spatial_res_block", f"{theirs}.temporal_res_block"
-        names = {"norm1": "norm1", "conv1": "conv1", "emb_proj": "time_emb_proj"}
-        names |= {"norm2": "norm2", "conv2": "conv2", "skip": "conv_shortcut"}
-    else:
-        spatial, temporal = theirs, f"{theirs}.time_stack"
-        names = {"norm1": "in_layers.0", "conv1": "in_layers.2", "emb_proj": "emb_layers.1"}
-        names |= {"norm2": "out_layers.0", "conv2": "out_layers.3", "skip": "skip_connection"}
+def _res_block(ours: str, theirs: str, has_skip: bool, layout: _Layout) -> dict[str, str]:
+    """A SpatioTemporalResBlock; `theirs` is its prefix in the reference layout. Only a spatial
+    half whose width changes has a skip conv."""
     entries = {}
-    for ours_name, their_prefix in (("spatial", spatial), ("temporal", temporal)):
-        for name, their_name in names.items():
-            if name == "skip" and (ours_name == "temporal" or not has_skip):
+    for half, their_half in zip(("spatial", "temporal"), layout.res_halves, strict=True):
+        for name, their_name in layout.res_parts.items():
+            if name == "skip" and (half == "temporal" or not has_skip):
                 continue
-            entries.update(_affine(f"{ours}.{ours_name}.{name}", f"{their_prefix}.{their_name}"))
+            entries |= _affine(f"{ours}.{half}.{name}", f"{theirs}{their_half}.{their_name}")
     entries[f"{ours}.blend.mix_factor"] = f"{theirs}.time_mixer.mix_factor"
     return entries
 
 
-def _unet_entries(cfg: UNetConfig, diffusers: bool) -> dict[str, str]:
-    """Our name -> reference name (without the official prefix), for every UNet tensor."""
+def _unet_entries(cfg: UNetConfig, layout: _Layout) -> dict[str, str]:
+    """Our name -> reference name (without the official prefix), for every UNet tensor, walking
+    the levels as `svd_core.unet.UNet` builds them."""
     levels = cfg.level_channels
     last = len(levels) - 1
-    if diffusers:
-        entries = {
-            **_affine("time_embed.linear_1", "time_embedding.linear_1"),
-            **_affine("time_embed.linear_2", "time_embedding.linear_2"),
-            **_affine("vector_embed.linear_1", "add_embedding.linear_1"),
-            **_affine("vector_embed.linear_2", "add_embedding.linear_2"),
-            **_affine("conv_in", "conv_in"),
-        }
-    else:
-        entries = {
-            **_affine("time_embed.linear_1", "time_embed.0"),
-            **_affine("time_embed.linear_2", "time_embed.2"),
-            **_affine("vector_embed.linear_1", "label_emb.0.0"),
-            **_affine("vector_embed.linear_2", "label_emb.0.2"),
-            **_affine("conv_in", "input_blocks.0.0"),
-        }
+    entries = {}
+    for index, ours in enumerate(("linear_1", "linear_2")):
+        entries |= _affine(f"time_embed.{ours}", layout.time_embed[index])
+        entries |= _affine(f"vector_embed.{ours}", layout.vector_embed[index])
+    entries |= _affine("conv_in", layout.conv_in)
 
     # Encoder. The official file numbers its blocks 1, 2, ... across levels (0 is conv_in).
-    block = 1
-    channels = cfg.model_channels
-    skip_channels = [channels]
+    k = 1
     for level, level_channels in enumerate(levels):
+        widens = level_channels != (levels[level - 1] if level else cfg.model_channels)
         for i in range(cfg.num_res_blocks):
+            at = {"level": level, "i": i, "k": k}
             ours = f"encoder.{level}"
-            if diffusers:
-                res, attn = (
-                    f"down_blocks.{level}.resnets.{i}",
-                    f"down_blocks.{level}.attentions.{i}",
-                )
-            else:
-                res, attn = f"input_blocks.{block}.0", f"input_blocks.{block}.1"
+            has_skip = widens and i == 0  # only the level's first block changes the width
             entries |= _res_block(
-                f"{ours}.res_blocks.{i}", res, channels != level_channels, diffusers
+                f"{ours}.res_blocks.{i}", layout.encoder_res.format(**at), has_skip, layout
             )
             if level in cfg.attention_levels:
-                entries |= _transformer(f"{ours}.transformers.{i}", attn, cfg, diffusers)
-            channels = level_channels
-            skip_channels.append(channels)
-            block += 1
+                theirs = layout.encoder_transformer.format(**at)
+                entries |= _transformer(f"{ours}.transformers.{i}", theirs, cfg, layout)
+            k += 1
         if level != last:
-            theirs = (
-                f"down_blocks.{level}.downsamplers.0.conv"
-                if diffusers
-                else f"input_blocks.{block}.0.op"
+            entries |= _affine(
+                f"encoder.{level}.downsample.conv", layout.downsample.format(level=level, k=k)
             )
-            entries |= _affine(f"encoder.{level}.downsample.conv", theirs)
-            skip_channels.append(channels)
-            block += 1
+            k += 1
 
-    middle = ("mid_block.resnets.0", "mid_block.attentions.0", "mid_block.resnets.1")
-    if not diffusers:
-        middle = ("middle_block.0", "middle_block.1", "middle_block.2")
-    entries |= _res_block("middle.res_in", middle[0], False, diffusers)
-    entries |= _transformer("middle.transformer", middle[1], cfg, diffusers)
-    entries |= _res_block("middle.res_out", middle[2], False, diffusers)
+    res_in, transformer, res_out = layout.middle
+    entries |= _res_block("middle.res_in", res_in, False, layout)
+    entries |= _transformer("middle.transformer", transformer, cfg, layout)
+    entries |= _res_block("middle.res_out", res_out, False, layout)
 
     # Decoder, deepest level first; the official file numbers its blocks 0, 1, ... in that order.
-    block = 0
-    for up_index, level in enumerate(reversed(range(len(levels)))):
+    k = 0
+    for up, level in enumerate(reversed(range(len(levels)))):
         attention = level in cfg.attention_levels
-        for i in range(cfg.num_res_blocks + 1):
+        consumed = skip_channels(cfg)[level]  # what each block concatenates from the encoder
+        channels = levels[level + 1] if level < last else levels[last]
+        for i, skip in enumerate(consumed):
+            at = {"level": level, "up": up, "i": i, "k": k}
             ours = f"decoder.{level}"
-            if diffusers:
-                res, attn = (
-                    f"up_blocks.{up_index}.resnets.{i}",
-                    f"up_blocks.{up_index}.attentions.{i}",
-                )
-            else:
-                res, attn = f"output_blocks.{block}.0", f"output_blocks.{block}.1"
-            has_skip = channels + skip_channels.pop() != levels[level]
-            entries |= _res_block(f"{ours}.res_blocks.{i}", res, has_skip, diffusers)
+            has_skip = channels + skip != levels[level]
+            entries |= _res_block(
+                f"{ours}.res_blocks.{i}", layout.decoder_res.format(**at), has_skip, layout
+            )
             if attention:
-                entries |= _transformer(f"{ours}.transformers.{i}", attn, cfg, diffusers)
+                theirs = layout.decoder_transformer.format(**at)
+                entries |= _transformer(f"{ours}.transformers.{i}", theirs, cfg, layout)
             channels = levels[level]
             if i == cfg.num_res_blocks and level > 0:
-                if diffusers:
-                    theirs = f"up_blocks.{up_index}.upsamplers.0.conv"
-                else:
-                    theirs = f"output_blocks.{block}.{2 if attention else 1}.conv"
+                theirs = layout.upsample.format(**at, after=2 if attention else 1)
                 entries |= _affine(f"decoder.{level}.upsample.conv", theirs)
-            block += 1
+            k += 1
 
-    if diffusers:
-        entries |= _affine("norm_out", "conv_norm_out") | _affine("conv_out", "conv_out")
-    else:
-        entries |= _affine("norm_out", "out.0") | _affine("conv_out", "out.2")
+    entries |= _affine("norm_out", layout.norm_out) | _affine("conv_out", layout.conv_out)
     return entries
 
 
 def official_unet_map(cfg: UNetConfig) -> KeyMap:
     """Our UNet state-dict names -> full official names (`model.diffusion_model.` included)."""
-    entries = _unet_entries(cfg, diffusers=False)
+    entries = _unet_entries(cfg, _OFFICIAL)
     return KeyMap(
         "official UNet", {ours: OFFICIAL_PREFIX + theirs for ours, theirs in entries.items()}
     )
@@ -228,7 +268,7 @@ def official_unet_map(cfg: UNetConfig) -> KeyMap:
 
 def diffusers_unet_map(cfg: UNetConfig) -> KeyMap:
     """Our UNet state-dict names -> diffusers `UNetSpatioTemporalConditionModel` names."""
-    return KeyMap("diffusers UNet", _unet_entries(cfg, diffusers=True))
+    return KeyMap("diffusers UNet", _unet_entries(cfg, _DIFFUSERS))
 
 
 # ---- configs ---------------------------------------------------------------------------------
