@@ -240,3 +240,93 @@ def test_upsample_matches_diffusers_upsample2d():
     x = torch.randn(2, 32, 5, 7)
     assert_close(ours(x), ref(x))
     assert ours(x).shape == (2, 32, 10, 14)
+
+
+# ---- fast paths and their plain twins ----------------------------------------------------------
+
+
+def _fast_and_plain(module: torch.nn.Module, *inputs, grad: bool = False):
+    """module(*inputs) with every fast path on, then with every one off (svd_core.nn.use_fast_paths)."""
+    with torch.set_grad_enabled(grad):
+        fast = blocks.use_fast_paths(module, True)(*inputs)
+        plain = blocks.use_fast_paths(module, False)(*inputs)
+    blocks.use_fast_paths(module, True)
+    return fast, plain
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_the_unet_gives_the_same_numbers_with_its_fast_paths_off(grad):
+    from helpers import random_model
+
+    unet = random_model().unet.double()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, 8, generator=generator, dtype=torch.float64)
+    c_noise = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    context = torch.randn(2, 1, unet.cfg.context_dim, generator=generator, dtype=torch.float64)
+    vector = torch.randn(2, unet.cfg.vector_dim, generator=generator, dtype=torch.float64)
+    fast, plain = _fast_and_plain(unet, x, c_noise, context, vector, grad=grad)
+    assert fast.abs().max() > 0.1  # random weights: a real output
+    assert torch.allclose(fast, plain, rtol=1e-10, atol=1e-12)
+    flags = [m.fast_path for m in unet.modules() if hasattr(m, "fast_path")]
+    kinds = {type(m).__name__ for m in unet.modules() if hasattr(m, "fast_path")}
+    assert all(flags) and kinds == {"Attention", "GEGLUFeedForward", "ResBlock"}
+
+
+def test_the_video_decoder_gives_the_same_frames_with_conv_over_frames_off():
+    from helpers import random_model
+
+    vae = random_model().vae.double()
+    z = torch.randn(1, 3, vae.cfg.latent_channels, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        fast = blocks.use_fast_paths(vae, True).decode(z)
+        plain = blocks.use_fast_paths(vae, False).decode(z)
+    blocks.use_fast_paths(vae, True)
+    assert torch.allclose(fast, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_a_masked_attention_takes_the_plain_path(monkeypatch):
+    attention = blocks.Attention(16, heads=2, head_dim=8, context_dim=12)
+    randomize(attention)
+    x, context = torch.randn(3, 5, 16), torch.randn(3, 2, 12)
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask"))
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    with torch.no_grad():
+        attention(x, context[:, :1])  # one key, no mask: the shortcut, no SDPA
+        assert calls == []
+        # A mask that hides the second key equals attention to the first key alone.
+        only_first = torch.tensor([[True, False]])  # (L, S), broadcast over L
+        masked = attention(x, context, mask=only_first)
+        assert len(calls) == 1 and calls[0] is only_first
+        assert_close(masked, attention(x, context[:, :1]))
+        attention(x, context[:, :1], mask=torch.tensor([[True]]))  # one key and a mask: plain
+        assert len(calls) == 2
+        attention.fast_path = False
+        attention(x, context[:, :1])  # the switch: plain SDPA
+        assert len(calls) == 3
+
+
+def test_with_the_fast_path_off_a_hook_sees_the_projection_unmodified():
+    feed_forward = blocks.GEGLUFeedForward(8)
+    randomize(feed_forward)
+    seen = []
+    feed_forward.proj_in.register_forward_hook(lambda module, args, out: seen.append(out))
+    x = torch.randn(4, 8)
+    expected = feed_forward.proj_in(x).detach().clone()
+    seen.clear()
+    with torch.no_grad():
+        feed_forward(x)  # the in-place product writes into proj_in's output
+        assert not torch.equal(seen[-1], expected)
+        feed_forward.fast_path = False
+        feed_forward(x)
+        assert torch.equal(seen[-1], expected)
+
+
+def test_use_fast_paths_takes_a_bool():
+    with pytest.raises(TypeError, match="True or False"):
+        blocks.use_fast_paths(blocks.GEGLUFeedForward(8), "off")

@@ -12,7 +12,14 @@ class GEGLUFeedForward(nn.Module):
 
     x (..., dim) -> (..., dim_out). hidden = mult * dim. The first half of `proj_in`'s output is the
     value and the second half the gate, as in both references; GELU is the exact (erf) one.
+
+    Fast path (`fast_path`, on by default): the gate and the product are computed in place, in
+    GELU's output while training and in `proj_in`'s own output at inference. A forward hook on
+    `proj_in` then sees its output overwritten; with `fast_path = False` (or
+    `svd_core.nn.use_fast_paths(model, False)`) the plain `value * gelu(gate)` runs instead.
     """
+
+    fast_path: bool = True  # the in-place product; False: the plain, out-of-place one
 
     def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4) -> None:
         super().__init__()
@@ -22,7 +29,9 @@ class GEGLUFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj_in(x).chunk(2, dim=-1)
-        if torch.is_grad_enabled():
+        if not self.fast_path:
+            hidden = value * F.gelu(gate)
+        elif torch.is_grad_enabled():
             # The product is taken in place in GELU's fresh output: one new tensor of the hidden
             # width instead of two (autograd-safe: GELU's backward reads its input, not its output).
             hidden = F.gelu(gate).mul_(value)

@@ -75,12 +75,15 @@ class ResBlock(nn.Module):
     Spatial (`temporal=False`): x (N, C_in, H, W), emb (N, E) or None -> (N, C_out, H, W), 3x3 convs.
     Temporal (`temporal=True`): x (B, C_in, F, H, W), emb (B, F, E) or None -> (B, C_out, F, H, W),
     convs with kernel (kernel_size, 1, 1): they mix frames only, never pixels, and run as matrix
-    products over shifted frames (`conv_over_frames`, the same as the Conv3d up to round-off). The
+    products over shifted frames (`conv_over_frames`, the same as the Conv3d up to round-off; set
+    `fast_path = False` or call `svd_core.nn.use_fast_paths(model, False)` for the Conv3d). The
     official code calls this the `time_stack` of a video res block; diffusers `TemporalResnetBlock`.
 
     `emb_channels=None` gives the embedding-free block of the VAE. The skip is a 1x1 conv when the
     channel count changes, the identity otherwise.
     """
+
+    fast_path: bool = True  # temporal convs through `conv_over_frames`; False: the nn.Conv3d
 
     def __init__(
         self,
@@ -136,4 +139,6 @@ class ResBlock(nn.Module):
         return h.add_(self.skip(x))
 
     def _conv(self, conv: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        return conv_over_frames(conv, h) if self.temporal else conv(h)
+        if self.temporal and self.fast_path:
+            return conv_over_frames(conv, h)
+        return conv(h)  # a Conv2d, or (the plain path) the Conv3d itself
