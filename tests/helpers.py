@@ -11,6 +11,7 @@ import torch
 
 from svd_core import SVDConfig
 from svd_core.model import SVDModel
+from svd_core.parity import random_model as parity_random_model
 
 # Every tensor of the official single-file checkpoints (name, shape, dtype) and the per-component
 # counts, made from the official model definition (tests/data/README.md says how).
@@ -18,19 +19,10 @@ OFFICIAL_KEYS = Path(__file__).resolve().parent / "data" / "official_keys.json"
 
 
 def random_model(seed: int = 0) -> SVDModel:
-    """Tiny SVD with every parameter random: weights at 0.5 / sqrt(fan-in), norm scales near 1,
-    everything else small. (A flat 0.05 gives nearly constant grey frames, which would hide errors;
-    this gives frames that use the whole [0, 1] range and change from frame to frame.)"""
-    generator = torch.Generator().manual_seed(seed)
-    model = SVDModel(SVDConfig.tiny())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 * p[0].numel() ** -0.5)
-            else:
-                offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05 + offset)
-    return model.eval()
+    """Tiny SVD with every parameter random, as `svd-core parity --model random:tiny` builds it
+    (svd_core.parity.random_model: weights at 0.5 / sqrt(fan-in), norm scales near 1, everything
+    else small; a flat 0.05 gives nearly constant grey frames, which would hide errors)."""
+    return parity_random_model(SVDConfig.tiny(), seed)
 
 
 def randomize(module: torch.nn.Module, seed: int = 0, mix_factor_std: float = 1.0) -> None:

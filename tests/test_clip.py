@@ -23,8 +23,8 @@ from svd_core.loading.clip_maps import (
     OFFICIAL_CLIP_PREFIX,
     clip_config_from_transformers,
     diffusers_clip_map,
-    load_open_clip_visual,
     official_clip_map,
+    open_clip_visual_map,
     transformers_clip_config,
 )
 
@@ -111,7 +111,7 @@ def tiny_config() -> ImageEncoderConfig:
 
 def ours_from_open_clip(reference: torch.nn.Module, config: ImageEncoderConfig) -> ImageEncoder:
     ours = ImageEncoder(config).eval()
-    assert load_open_clip_visual(ours, reference.state_dict()) == {}
+    assert open_clip_visual_map(ours.config).load_into(ours, reference.state_dict()) == {}
     return ours
 
 
@@ -163,7 +163,7 @@ def vit_h_outputs():
     ours.to_empty(device="cpu")  # parameters come from the map; the buffers are refilled here
     ours.mean.copy_(torch.tensor(config.mean).view(1, 3, 1, 1))
     ours.std.copy_(torch.tensor(config.std).view(1, 3, 1, 1))
-    assert load_open_clip_visual(ours, reference.state_dict()) == {}
+    assert open_clip_visual_map(ours.config).load_into(ours, reference.state_dict()) == {}
     image = random_image((1, 3, 300, 400), seed=3)
     reference_pixels = official_preprocess_reference(image, config)
     with torch.no_grad():

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from ..clip import ImageEncoder
 from ..config import ImageEncoderConfig
 from .keymap import Cat, KeyMap, Source, Transpose
 
@@ -107,16 +104,6 @@ def diffusers_clip_map(config: ImageEncoderConfig) -> KeyMap:
             entries[f"blocks.{i}.mlp.proj_in.{kind}"] = f"{layer}.mlp.fc1.{kind}"
             entries[f"blocks.{i}.mlp.proj_out.{kind}"] = f"{layer}.mlp.fc2.{kind}"
     return KeyMap("diffusers image_encoder", entries, TRANSFORMERS_IGNORED)
-
-
-def load_open_clip_visual(
-    encoder: ImageEncoder, visual_state: dict[str, torch.Tensor]
-) -> dict[str, str]:
-    """Strictly copy an open_clip `VisionTransformer.state_dict()` into `encoder`.
-
-    Returns the ignored keys with reasons (none for a plain VisionTransformer).
-    """
-    return open_clip_visual_map(encoder.config).load_into(encoder, visual_state)
 
 
 # ---- transformers config bridge --------------------------------------------------------------
