@@ -28,6 +28,11 @@ from .io import atomic_file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 FORMATS = {"mp4": ".mp4", "gif": ".gif", "webp": ".webp", "png": ""}  # png: a folder of frames
 MANIFEST_NAME = "manifest.json"
+BATCH_ONLY = (
+    "dtype",
+    "base_seed",
+    "format",
+)  # BatchSettings fields that SVDPipeline.__call__ lacks
 
 
 class BatchError(ValueError):
@@ -63,22 +68,9 @@ class BatchSettings:
             raise BatchError(f"base_seed must be >= 0, got {self.base_seed}")
 
     def pipeline_arguments(self) -> dict[str, Any]:
-        """The keyword arguments of SVDPipeline.__call__ these settings stand for (seed aside)."""
-        names = (
-            "num_frames",
-            "num_steps",
-            "fps",
-            "motion_bucket_id",
-            "cond_aug",
-            "min_guidance",
-            "max_guidance",
-            "decode_chunk_size",
-            "height",
-            "width",
-            "resize",
-            "sampler",
-        )
-        return {name: getattr(self, name) for name in names}
+        """The keyword arguments of SVDPipeline.__call__ these settings stand for (seed aside):
+        every field but the ones that are the batch's own."""
+        return {k: v for k, v in asdict(self).items() if k not in BATCH_ONLY}
 
     def recorded(self) -> dict[str, Any]:
         """The settings as the manifest stores them (base_seed aside: each video has its seed)."""
