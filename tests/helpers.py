@@ -1,13 +1,22 @@
-"""Helpers shared by several test files: random weights, the official key list, reference tweaks.
+"""Helpers shared by several test files: random weights, the official key list, reference tweaks,
+and what the property tests of the public surface share (their settings and example counter, the
+ramp image, the accepted sampling ranges, the network spy, a full disk, a spiked model).
 
 Import them with `from helpers import ...` (pytest puts tests/ on sys.path, beside conftest.py).
 Fixtures shared by several files live in conftest.py."""
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
+from hypothesis import HealthCheck, settings
+from PIL import Image
 
 from svd_core import SVDConfig
 from svd_core.model import SVDModel
@@ -51,3 +60,67 @@ def set_res_block_eps(unet: torch.nn.Module, eps: float) -> None:
             for block in (module.spatial_res_block, module.temporal_res_block):
                 block.norm1.eps = eps
                 block.norm2.eps = eps
+
+
+# ---- property tests: settings, the example counter, and what several files share --------------
+
+SIZE = 64  # the tiny preset's video size; its multiple is 32 (VAE 8x, UNet 4x)
+MULTIPLE = 32
+
+# Deterministic property tests: the same examples on every run, no example database on disk,
+# no per-example deadline on a shared 2-core machine.
+PROPERTY = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+# Examples run per property test; conftest's `example_count` prints a file's counts at its end
+# (pytest -s).
+EXAMPLES: Counter = Counter()
+
+
+def ramp_image(height: int = SIZE, width: int = SIZE) -> Image.Image:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return Image.fromarray(
+        np.stack([xx * 4 % 256, yy * 4 % 256, (xx + yy) * 2 % 256], -1).astype(np.uint8)
+    )
+
+
+class ReachedTheNetworks(Exception):
+    """Raised by a spy in place of the first network call: validation was passed."""
+
+
+RANGES = {  # the documented accepted ranges (svd_core.pipeline), restated
+    "num_frames": (1, 1024),
+    "num_steps": (1, 1000),
+    "decode_chunk_size": (1, math.inf),
+    "fps": (1, 240),
+    "motion_bucket_id": (0, 1023),
+    "cond_aug": (0, 10),
+    "min_guidance": (0, 100),
+    "max_guidance": (0, 100),
+    "seed": (-(2**63), 2**64 - 1),
+}
+
+
+def accepted(name: str, value) -> bool:
+    low, high = RANGES[name]
+    if name in ("num_frames", "num_steps", "decode_chunk_size", "seed"):
+        return type(value) is int and low <= value <= high
+    return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def spiked(name: str, factor: float, seed: int = 0) -> SVDModel:
+    """The random tiny model with one res block's second conv scaled up by `factor`."""
+    model = random_model(seed)
+    with torch.no_grad():
+        dict(model.named_parameters())[name + ".conv2.weight"].mul_(factor)
+    return model
+
+
+UNET_BLOCK = "unet.middle.res_in.spatial"

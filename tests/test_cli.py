@@ -1,10 +1,15 @@
 """The `svd-core` command line as a new user meets it: every problem with the output, the device or
 the size is one line and exit code 2 before any weights are read; the seed of a run can always be
 recovered; warnings are one line; interrupts and SIGTERM leave nothing behind; `--help` shows the
-defaults. Generation runs on random tiny weights (`SVDConfig.tiny()`, 64x64)."""
+defaults. Generation runs on random tiny weights (`SVDConfig.tiny()`, 64x64).
+
+Bad values of every sampling flag are property-tested (hypothesis, derandomized); Ctrl-C during
+sampling or writing, read-only folders, refused writes, a full disk and float16 overflow each exit
+with one line and leave no file (tests/README.md lists the hazards and the example counts)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,17 +20,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_model
+from helpers import (
+    EXAMPLES,
+    PROPERTY,
+    UNET_BLOCK,
+    ReachedTheNetworks,
+    accepted,
+    disk_full,
+    random_model,
+    spiked,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import svd_core.cli
 import svd_core.io
 import svd_core.loading
 import svd_core.pipeline
+from svd_core import sampling as sampling_module
 from svd_core import save
 from svd_core.io import read_metadata
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "example_count")
 SVD_CORE = Path(sys.executable).parent / "svd-core"  # the console script of this environment
 
 
@@ -62,6 +79,11 @@ def generate(image, output, checkpoint, *extra) -> list[str]:
         "1",
         *extra,
     ]
+
+
+def generate_args(image, output, checkpoint, *extra) -> list[str]:
+    args = ["generate", str(image), "-o", str(output), "--model", str(checkpoint), "--quiet"]
+    return args + ["--frames", "2", "--steps", "1", "--seed", "0", *extra]
 
 
 def one_line_error(capsys) -> str:
@@ -174,10 +196,10 @@ def test_the_batch_manifest_records_the_settings_used_not_nulls(checkpoint, imag
     manifest = json.loads((out / "manifest.json").read_text())
     (video,) = manifest["videos"]
     tiny = random_model().config
-    for settings in (video["settings"], manifest["settings"]):
-        assert settings["num_steps"] == tiny.num_steps and settings["num_frames"] == 2
-        assert settings["height"] == tiny.height and settings["sampler"] == "euler"
-        assert None not in settings.values()
+    for recorded in (video["settings"], manifest["settings"]):
+        assert recorded["num_steps"] == tiny.num_steps and recorded["num_frames"] == 2
+        assert recorded["height"] == tiny.height and recorded["sampler"] == "euler"
+        assert None not in recorded.values()
     assert video["requested"]["num_steps"] is None  # as asked: the model's default
     assert read_metadata(out / "image.gif")["seed"] == video["seed"] == 0
 
@@ -337,4 +359,187 @@ def test_a_batch_that_fails_to_start_leaves_no_manifest_and_no_folder(image_file
     assert not out.exists()
     out.mkdir()  # an existing folder is kept, without a manifest of nothing
     assert svd_core.cli.main([*args, "--quiet"]) == 2
+    assert os.listdir(out) == []
+
+
+# ---- bad values, property-tested ----------------------------------------------------------------
+
+CLI_OPTIONS = {  # flag -> (pipeline name, strategy of command-line text)
+    "--frames": ("num_frames", st.integers(-2, 1100).map(str)),
+    "--steps": ("num_steps", st.integers(-2, 1100).map(str)),
+    "--decode-chunk": ("decode_chunk_size", st.integers(-2, 30).map(str)),
+    "--fps": ("fps", st.sampled_from(["nan", "inf", "-1", "0.5", "1", "7", "240", "241"])),
+    "--motion-bucket": (
+        "motion_bucket_id",
+        st.sampled_from(["-1", "0", "127", "1023", "1024", "1e9"]),
+    ),
+    "--cond-aug": ("cond_aug", st.sampled_from(["-0.01", "0", "0.02", "10", "11", "nan"])),
+    "--max-guidance": ("max_guidance", st.sampled_from(["-1", "0", "3", "100", "101", "inf"])),
+    "--seed": ("seed", st.sampled_from(["-1", "0", str(2**64 - 1), str(2**64), str(-(2**63) - 1)])),
+}
+
+
+@given(data=st.data())
+@settings(PROPERTY, max_examples=80)
+def test_cli_refuses_bad_values_in_one_line_before_loading_the_model(
+    data, image_file, checkpoint, tmp_path, monkeypatch, capsys
+):
+    EXAMPLES["command-line values"] += 1
+    flags = data.draw(st.lists(st.sampled_from(sorted(CLI_OPTIONS)), unique=True, max_size=3))
+    args = []
+    bad = []
+    for flag in flags:
+        name, strategy = CLI_OPTIONS[flag]
+        text = data.draw(strategy)
+        args += [flag, text]
+        number = (
+            int(text)
+            if name in ("num_frames", "num_steps", "decode_chunk_size", "seed")
+            else float(text)
+        )
+        if not accepted(name, number):
+            bad.append((flag, text))
+
+    def no_loading(*args, **kwargs):
+        raise ReachedTheNetworks
+
+    monkeypatch.setattr(svd_core.loading, "load", no_loading)
+    argv = ["generate", str(image_file), "-o", str(tmp_path / "out.mp4"), "--quiet", *args]
+    argv += ["--model", str(checkpoint)]  # not loaded: load is replaced
+    capsys.readouterr()
+    if not bad:
+        with pytest.raises(ReachedTheNetworks):
+            svd_core.cli.main(argv)
+        return
+    assert svd_core.cli.main(argv) == 2
+    err = one_line_error(capsys)
+    assert any(f"error: {flag}: " in err for flag, _ in bad), err
+    assert not any(p.name.startswith(".out") or p.name == "out.mp4" for p in tmp_path.iterdir())
+
+
+# ---- numeric hazards -----------------------------------------------------------------------------
+
+
+def test_float16_overflow_through_the_cli_exits_2_and_writes_nothing(tmp_path, image_file, capsys):
+    checkpoint = save(spiked(UNET_BLOCK, 1e6), tmp_path / "spiked.safetensors")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = generate_args(image_file, out / "clip.gif", checkpoint, "--steps", "2", "--frames", "1")
+    assert svd_core.cli.main([*args, "--dtype", "float16"]) == 2
+    assert "--dtype bfloat16" in one_line_error(capsys)
+    assert os.listdir(out) == []  # (bfloat16 runs this model: test_pipeline_checks.py)
+
+
+# ---- Ctrl-C during sampling and writing ----------------------------------------------------------
+
+
+def test_ctrl_c_during_sampling_exits_130_and_leaves_no_file(
+    checkpoint, image_file, tmp_path, monkeypatch, capsys
+):
+    euler = sampling_module.SAMPLERS["euler"]
+    steps_seen = []
+
+    def interrupted_at_step_2(denoiser, x, sigmas, callback=None, progress=False):
+        def report(info):
+            callback(info)
+            steps_seen.append(info["step"])
+            if info["step"] == 2:
+                raise KeyboardInterrupt
+
+        return euler(denoiser, x, sigmas, callback=report, progress=progress)
+
+    monkeypatch.setitem(sampling_module.SAMPLERS, "euler", interrupted_at_step_2)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = generate_args(image_file, out / "clip.mp4", checkpoint, "--steps", "4")
+    assert svd_core.cli.main(args) == 130
+    assert steps_seen == [0, 1, 2]
+    assert "interrupted; no output was written" in capsys.readouterr().err
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.gif", "frames"])
+def test_ctrl_c_while_writing_leaves_no_file_and_keeps_an_older_one(
+    name, checkpoint, image_file, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = generate_args(image_file, out / name, checkpoint)
+    assert svd_core.cli.main(args) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_save = Image.Image.save
+
+    def save_then_interrupt(self, target, *args, **kwargs):
+        real_save(self, target, *args, **kwargs)  # a whole frame file or a partial GIF ...
+        raise KeyboardInterrupt  # ... then Ctrl-C
+
+    def mp4_then_interrupt(frames, target, fps, comment=None):
+        with open(target, "wb") as handle:
+            handle.write(b"\x00" * 1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", save_then_interrupt)
+    monkeypatch.setattr(svd_core.io, "_write_mp4", mp4_then_interrupt)
+    assert svd_core.cli.main([*args, "--seed", "1"]) == 130
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the earlier output, untouched; no temporary files
+
+
+# ---- read-only folders and full disks ------------------------------------------------------------
+
+
+def test_read_only_output_folder_is_refused_before_loading(
+    checkpoint, image_file, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.access(out, os.W_OK):  # root ignores permissions: make the check see what a user sees
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode: False if str(p) == str(out) else real_access(p, mode)
+        )
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded although the output folder is read-only")
+
+    monkeypatch.setattr(svd_core.loading, "load", no_loading)
+    assert svd_core.cli.main(generate_args(image_file, out / "clip.mp4", checkpoint)) == 2
+    assert "not writable" in one_line_error(capsys)
+    out.chmod(0o755)
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_folder_that_refuses_the_write_gives_one_line_and_no_file(
+    code, checkpoint, image_file, tmp_path, monkeypatch, capsys
+):
+    """os.access can say yes and the write still fail (ACLs, read-only mounts, network shares)."""
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(svd_core.io.tempfile, "mkstemp", refuse)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert svd_core.cli.main(generate_args(image_file, out / "clip.gif", checkpoint)) == 2
+    err = one_line_error(capsys)
+    assert "cannot write into the output folder" in err and os.strerror(code) in err
+    assert str(out) in err and os.listdir(out) == []
+
+
+def test_full_disk_while_writing_the_video_gives_one_line_and_no_file(
+    checkpoint, image_file, tmp_path, monkeypatch, capsys
+):
+    def partial_mp4(frames, target, fps, comment=None):
+        with open(target, "wb") as handle:
+            handle.write(b"\x00" * 4096)
+        disk_full()
+
+    monkeypatch.setattr(svd_core.io, "_write_mp4", partial_mp4)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert svd_core.cli.main(generate_args(image_file, out / "clip.mp4", checkpoint)) == 2
+    err = one_line_error(capsys)
+    assert "No space left on device" in err and "clip.mp4" in err
     assert os.listdir(out) == []

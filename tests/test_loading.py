@@ -1,19 +1,32 @@
-"""Loading and saving: official single files, diffusers folders, hub ids; strict, lazy, both directions."""
+"""Loading and saving: official single files, diffusers folders, hub ids; strict, lazy, both directions.
 
+Checkpoint faults are property-tested (hypothesis, derandomized): any corrupted header byte and a
+truncation at any length load or raise a CheckpointError naming the file; so do damaged headers,
+integer weights, renamed keys, a folder of another model, and a full disk while saving (which
+leaves nothing). tests/README.md lists the hazards and the example counts."""
+
+import errno
 import json
+import os
+import re
 import struct
 
 import pytest
 import torch
-from helpers import OFFICIAL_KEYS
+from helpers import EXAMPLES, OFFICIAL_KEYS, PROPERTY, disk_full
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import svd_core.cli
-from svd_core import SVDConfig
+import svd_core.loading.files
+from svd_core import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 from svd_core.loading import CheckpointError, inspect_checkpoint, load, save
 from svd_core.loading.api import empty_model
 from svd_core.loading.hub import download_command
 from svd_core.loading.official import infer_official_config, official_map
 from svd_core.model import SVDModel
+
+pytestmark = pytest.mark.usefixtures("one_thread", "example_count")
 
 
 def random_model(config: SVDConfig, seed: int = 0) -> SVDModel:
@@ -392,3 +405,226 @@ def test_an_image_model_is_named_as_one_without_contradicting_itself():
     shapes[conv_in] = (320, 4, 3, 3)  # Stable Diffusion's 4
     with pytest.raises(CheckpointError, match="takes 4 channels where SVD's takes 8"):
         infer_official_config(shapes, "model.safetensors")
+
+
+# ---- checkpoint faults ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """A 1.6 MB model (every block kind, smaller than tiny) and its official file, for the tests
+    that write a corrupted copy of a checkpoint per example."""
+    config = SVDConfig(
+        name="micro",
+        unet=UNetConfig(
+            model_channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_levels=(0,),
+            head_channels=16,
+            context_dim=16,
+            addition_embed_dim=8,
+            num_groups=8,
+        ),
+        vae=VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, num_groups=4),
+        image_encoder=ImageEncoderConfig(
+            image_size=28, patch_size=14, width=16, layers=1, heads=2, mlp_dim=32, embed_dim=16
+        ),
+    )
+    torch.manual_seed(0)
+    model = SVDModel(config).eval()
+    return model, save(model, tmp_path_factory.mktemp("micro") / "micro.safetensors")
+
+
+def one_line_error(capsys) -> str:
+    """The CLI's stderr: exactly one line, 'svd-core: error: ...'."""
+    err = capsys.readouterr().err
+    assert err.startswith("svd-core: error:") and err.count("\n") == 1, err
+    return err
+
+
+def header_span(data: bytes) -> int:
+    (length,) = struct.unpack("<Q", data[:8])
+    return 8 + length
+
+
+def rewrite_header(data: bytes, change) -> bytes:
+    """The file with its JSON header passed through `change(header) -> header`."""
+    end = header_span(data)
+    header = change(json.loads(data[8:end]))
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[end:]
+
+
+def assert_clear_checkpoint_error(path, capsys, match: str = "") -> str:
+    """load raises a CheckpointError naming the file; `svd-core info` says it in one line, exit 2."""
+    with pytest.raises(CheckpointError) as info:
+        load(path)
+    message = str(info.value)
+    assert path.name in message and re.search(match, message), message
+    capsys.readouterr()
+    assert svd_core.cli.main(["info", str(path)]) == 2
+    assert path.name in one_line_error(capsys)
+    return message
+
+
+@given(position=st.integers(0, 10**9), byte=st.integers(0, 255))
+@settings(PROPERTY, max_examples=60)
+def test_any_corrupted_header_byte_loads_or_raises_a_checkpoint_error(
+    position, byte, micro, tmp_path
+):
+    EXAMPLES["corrupted header bytes"] += 1
+    model, checkpoint = micro
+    data = bytearray(checkpoint.read_bytes())
+    position %= header_span(bytes(data))  # the length prefix or the JSON header
+    data[position] = byte
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(bytes(data))
+    try:
+        loaded = load(path)
+    except CheckpointError as error:  # every failure: a CheckpointError that names the file
+        assert "corrupt.safetensors" in str(error), error
+        return
+    # A change the format allows (a letter of the saved metadata, a space): the same weights.
+    EXAMPLES["corrupted header bytes that still load"] += 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+@given(length=st.integers(0, 10**9))
+@example(length=0)
+@example(length=7)
+@example(length=8)
+@settings(PROPERTY, max_examples=40)
+def test_a_checkpoint_truncated_anywhere_raises_a_checkpoint_error(length, micro, tmp_path):
+    EXAMPLES["truncated files"] += 1
+    data = micro[1].read_bytes()
+    length %= len(data)
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[:length])
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors.*(truncated|only \d+ bytes)"):
+        load(path)
+
+
+def test_corrupted_headers_name_the_file_and_the_fault(micro, tmp_path, capsys):
+    data = micro[1].read_bytes()
+    first = next(k for k in json.loads(data[8 : header_span(data)]) if k != "__metadata__")
+
+    def entry(change):
+        return lambda header: {**header, first: change(dict(header[first]))}
+
+    cases = {
+        "trailing bytes": (data + b"extra", r"5 bytes after the last tensor"),
+        "gap": (
+            rewrite_header(
+                data,
+                entry(
+                    lambda e: {
+                        **e,
+                        "data_offsets": [e["data_offsets"][0] + 4, e["data_offsets"][1] + 4],
+                    }
+                ),
+            ),
+            rf"{re.escape(first)}",
+        ),
+        "unknown dtype": (
+            rewrite_header(data, entry(lambda e: {**e, "dtype": "F7"})),
+            r"dtype 'F7'",
+        ),
+        "offsets of text": (
+            rewrite_header(data, entry(lambda e: {**e, "data_offsets": ["0", "8"]})),
+            r"non-negative integers",
+        ),
+        "negative shape": (
+            rewrite_header(data, entry(lambda e: {**e, "shape": [-1]})),
+            r"non-negative",
+        ),
+        "metadata not strings": (
+            rewrite_header(data, lambda h: {**h, "__metadata__": {"svd_core_config": 3}}),
+            r"__metadata__",
+        ),
+        "damaged saved config": (
+            rewrite_header(data, lambda h: {**h, "__metadata__": {"svd_core_config": "{oops"}}),
+            r"svd_core config saved in the file is damaged.*--config",
+        ),
+    }
+    for name, (content, match) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.safetensors"
+        path.write_bytes(content)
+        assert_clear_checkpoint_error(path, capsys, match)
+
+
+def test_integer_weights_are_refused_and_float_formats_are_converted(micro, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    original, checkpoint = micro
+    tensors = load_file(checkpoint)
+    metadata = {"svd_core_config": original.config.to_json()}
+    key = next(k for k in tensors if k.endswith("proj_in.weight"))
+    quantized = dict(tensors, **{key: (tensors[key] * 127).round().to(torch.int8)})
+    path = tmp_path / "int8.safetensors"
+    save_file(quantized, path, metadata=metadata)
+    message = assert_clear_checkpoint_error(path, capsys, "not floating point")
+    assert f"{key} (I8)" in message
+    # float16, bfloat16 and float8 files are converted to the dtype asked for, tensor by tensor
+    for dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn):
+        stored = {k: v.to(dtype) for k, v in tensors.items()}
+        path = tmp_path / f"{str(dtype)[6:]}.safetensors"
+        save_file(stored, path, metadata=metadata)
+        loaded = dict(load(path).named_parameters())
+        for name, parameter in original.named_parameters():
+            assert loaded[name].dtype == torch.float32
+            assert torch.equal(loaded[name], parameter.to(dtype).float()), name
+
+
+def test_key_map_errors_of_an_official_file_name_the_file(micro, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(micro[1])
+    victim = sorted(k for k in tensors if k.startswith("model.diffusion_model."))[0]
+    tensors["model.diffusion_model.renamed"] = tensors.pop(victim)
+    path = tmp_path / "renamed.safetensors"
+    save_file(tensors, path, metadata={"svd_core_config": micro[0].config.to_json()})
+    message = assert_clear_checkpoint_error(path, capsys, "missing from the checkpoint")
+    assert victim in message
+
+
+def test_a_diffusers_folder_of_another_model_says_so(tmp_path, model, capsys):
+    folder = save(model, tmp_path / "sd", layout="diffusers")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    config["_class_name"] = "UNet2DConditionModel"
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match=r"unet/config.json.*UNet2DConditionModel.*another model"
+    ):
+        load(folder)
+    assert svd_core.cli.main(["info", str(folder)]) == 2
+    assert "another model" in one_line_error(capsys)
+    config["_class_name"] = "UNetSpatioTemporalConditionModel"
+    config["block_out_channels"] = 5  # a mistyped value
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"unet/config.json.*TypeError"):
+        load(folder)
+
+
+def test_full_disk_while_saving_a_checkpoint_leaves_nothing(model, tmp_path, monkeypatch):
+    real_save_file = svd_core.loading.files.save_file
+    calls = []
+
+    def save_file_then_full(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) >= 2:  # the first file fits, the second fills the disk halfway
+            with open(filename, "wb") as handle:
+                handle.write(b"\x00" * 1000)
+            disk_full()
+        return real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(svd_core.loading.files, "save_file", save_file_then_full)
+    with pytest.raises(OSError) as info:
+        save(model, tmp_path / "folder", layout="diffusers")  # a new folder: all or nothing
+    assert info.value.errno == errno.ENOSPC and "diffusion_pytorch_model" in str(info.value)
+    assert os.listdir(tmp_path) == []
+    calls.append("the next call fails")
+    with pytest.raises(OSError, match=r"could not write.*tiny.safetensors.*No space left"):
+        save(model, tmp_path / "tiny.safetensors")
+    assert os.listdir(tmp_path) == []
