@@ -353,12 +353,13 @@ def _fail(message: str) -> int:
 def _config(args: argparse.Namespace):
     """The SVDConfig named by --config, or None to infer it from the checkpoint."""
     from .config import SVDConfig
+    from .loading import read_sgm_yaml
 
     if args.config is None:
         return None
     path = Path(args.config)
     if path.suffix.lower() in (".yaml", ".yml"):
-        return SVDConfig.from_sgm_yaml(path)  # an official sgm config, e.g. svd_xt.yaml
+        return read_sgm_yaml(path)  # an official sgm config, e.g. svd_xt.yaml
     return SVDConfig.from_json(path)
 
 

@@ -23,38 +23,33 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# How a spatial path and its temporal twin are blended (official AlphaBlender; nn.blend.AlphaBlend).
+MERGE_STRATEGIES = ("fixed", "learned", "learned_with_images")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """The spatio-temporal UNet (official `VideoUNet`, diffusers `UNetSpatioTemporalConditionModel`)."""
 
     in_channels: int = 8  # noisy latent (4) + conditioning image latent (4), concatenated
     out_channels: int = 4
-    model_channels: int = (
-        320  # channels of the first level; level i has model_channels * channel_mult[i]
-    )
+    model_channels: int = 320  # first level's width; level i has model_channels * channel_mult[i]
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2  # res blocks per encoder level (the decoder has one more per level)
-    attention_levels: tuple[int, ...] = (
-        0,
-        1,
-        2,
-    )  # levels with transformers (official attention_resolutions [4,2,1])
+    # levels with transformers (official attention_resolutions [4, 2, 1])
+    attention_levels: tuple[int, ...] = (0, 1, 2)
     head_channels: int = 64  # channels per attention head (official num_head_channels)
     transformer_depth: int = 1
     context_dim: int = 1024  # width of the image embedding the cross-attention reads
     addition_embed_dim: int = 256  # sinusoidal width of each of fps_id, motion_bucket_id, cond_aug
     num_groups: int = 32  # GroupNorm groups
-    norm_eps: float = (
-        1e-5  # official value in every res block (diffusers uses 1e-6 in some, see DESIGN.md)
-    )
-    temporal_kernel_size: int = (
-        3  # frames seen by the temporal convolutions (official video_kernel_size [3,1,1])
-    )
+    # the official value in every res block (diffusers uses 1e-6 in some, see DESIGN.md)
+    norm_eps: float = 1e-5
+    # frames seen by the temporal convolutions (official video_kernel_size [3, 1, 1])
+    temporal_kernel_size: int = 3
     merge_strategy: str = "learned_with_images"  # how spatial and temporal paths are blended
     merge_factor: float = 0.5  # initial blend logit (the blend is sigmoid(mix_factor))
-    max_time_embed_period: int = (
-        10000  # period of the frame-position embedding in temporal transformers
-    )
+    max_time_embed_period: int = 10000  # period of the temporal transformers' frame embedding
 
     @property
     def time_embed_dim(self) -> int:
@@ -117,9 +112,6 @@ class UNetConfig:
         )
 
 
-MERGE_STRATEGIES = ("fixed", "learned", "learned_with_images")
-
-
 @dataclass(frozen=True)
 class VAEConfig:
     """The KL-f8 autoencoder: 2D encoder, temporal (video) or plain 2D decoder."""
@@ -132,9 +124,7 @@ class VAEConfig:
     latent_channels: int = 4  # official z_channels; the encoder emits 2x (mean, logvar)
     num_groups: int = 32
     norm_eps: float = 1e-6
-    temporal_decoder: bool = (
-        True  # False: the plain 2D decoder of the `*_image_decoder` checkpoints
-    )
+    temporal_decoder: bool = True  # False: the plain 2D decoder of `*_image_decoder` checkpoints
     temporal_kernel_size: int = 3  # official video_kernel_size [3, 1, 1]
     merge_factor: float = 0.0  # initial blend logit of the decoder's temporal res blocks
     scaling_factor: float = 0.18215  # latents are multiplied by this for the diffusion
@@ -407,37 +397,14 @@ class SVDConfig:
 
     @classmethod
     def from_sgm_yaml(cls, path: str | Path, name: str | None = None) -> SVDConfig:
-        """Read an official sgm inference config (`scripts/sampling/configs/svd*.yaml` in
-        Stability-AI/generative-models) or a variant of it with other sizes.
+        """Read an official sgm inference config (`scripts/sampling/configs/svd*.yaml`) or a
+        variant of it with other sizes: `svd_core.loading.read_sgm_yaml`, which documents it.
 
-        sgm describes the model as a tree of `target:` classes and their `params`. This reads the
-        fields that shape what we build: the VideoUNet sizes (attention_resolutions [4, 2, 1] become
-        attention_levels (0, 1, 2)), the autoencoder's ddconfig and its decoder (VideoDecoder: the
-        temporal decoder; AutoencoderKL's plain Decoder: the image decoder), the widths of the
-        conditioning embedders, the model's scale_factor, the EDM sigmas and the guidance scales.
-        A missing field takes the default of sgm's constructor, as sgm itself would.
-
-        Fields that change nothing svd_core builds or samples are accepted; `SGM_NO_EFFECT` lists them
-        with the reason. Any other field, anywhere in the tree, raises ConfigError naming its dotted
-        path, and so does a `target:` we do not read and a value we cannot build (e.g.
-        `use_spatial_context: False`, a `transformer_depth` that varies between attention levels).
-
-        What the yaml does not hold:
-        - frames and steps: the official sampling script picks them by version (svd: 14 frames,
-          25 steps; svd_xt: 25, 30) unless the yaml sets `guider_config.params.num_frames` or
-          `sampler_config.params.num_steps`. We pick them by the file's stem the same way
-          (`SGM_VERSION_DEFAULTS`), and take SVDConfig's defaults for other stems.
-        - the vision tower's sizes: the yaml names an open_clip architecture, and "ViT-H-14"
-          (SVD's) is ImageEncoderConfig's default. For a tower of another name give its sizes in
-          an extra top-level section, which sgm ignores:
-          `svd_core: {image_encoder: {width: 64, layers: 2, ...}}` (ImageEncoderConfig fields).
-        - fps, motion bucket, cond_aug, resolution and decode chunk: SVDConfig's defaults, which are
-          the official script's.
-
-        name: the config's name; default the file's stem (`svd.yaml` -> "svd").
-        The command line reads a .yaml or .yml `--config` with this method.
+        Kept here for compatibility (the command line and earlier code call it), this is the one
+        place where the config layer reaches up to a loader, and only when called: config.py
+        imports nothing from svd_core.
         """
-        from .sgm_yaml import read_sgm_yaml  # the tables of sgm classes live in their own module
+        from .loading.sgm_yaml import read_sgm_yaml
 
         return read_sgm_yaml(path, name)
 

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +99,13 @@ def test_from_json_rejects_missing_file_and_bad_json(tmp_path):
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         SVDConfig.svd().num_frames = 3
+
+
+def test_config_is_the_bottom_layer():
+    """Importing the configs imports no other svd_core module (the loaders build on them)."""
+    code = (
+        "import sys, svd_core.config; "
+        "print(sorted(m for m in sys.modules if m.startswith('svd_core.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['svd_core.config']"

@@ -1,5 +1,6 @@
-"""SVDConfig.from_sgm_yaml: the official sgm configs give our presets, other widths give the model of
-the equivalent explicit SVDConfig, and unknown fields, targets and values are errors that name them."""
+"""Reading sgm yaml configs (svd_core.loading.read_sgm_yaml, SVDConfig.from_sgm_yaml): the official
+configs give our presets, other widths give the model of the equivalent explicit SVDConfig, and
+unknown fields, targets and values are errors that name them."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from safetensors.torch import load_file, save_file
 
 import svd_core.cli
 from svd_core import ConfigError, ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
-from svd_core.loading import save
+from svd_core.loading import read_sgm_yaml, save
 from svd_core.loading.official import official_map
 from svd_core.model import SVDModel
-from svd_core.sgm_yaml import EMBEDDER_ENTRY, SGM_NO_EFFECT, TOP_LEVEL
 
 torch.set_num_threads(1)
 
@@ -253,6 +253,12 @@ def test_official_configs_give_our_presets(version, tmp_path):
     assert config == getattr(SVDConfig, version)()
 
 
+def test_the_loader_and_the_config_method_read_the_same(tmp_path):
+    path = write(tmp_path, official_yaml("svd_xt"), stem="svd_xt")
+    assert read_sgm_yaml(path) == SVDConfig.from_sgm_yaml(path) == SVDConfig.svd_xt()
+    assert read_sgm_yaml(path, name="mine") == SVDConfig.from_sgm_yaml(path, name="mine")
+
+
 def test_frames_and_steps_follow_the_version_like_the_official_script(tmp_path):
     # simple_video_sample.py picks them by version; svd_xt.yaml under another name gets our defaults.
     text = official_yaml("svd_xt")
@@ -272,32 +278,60 @@ def test_frames_and_steps_set_in_the_yaml_win(tmp_path):
     assert (config.num_frames, config.num_steps) == (8, 12)
 
 
-def test_every_no_effect_field_is_accepted_with_any_value(tmp_path):
-    """SGM_NO_EFFECT, applied: each listed field added where its class sits changes nothing."""
-    seen = set()
+# Fields that real sgm configs hold and that change nothing svd_core builds or samples, at the
+# classes that hold them: dotted paths into the svd.yaml tree ("" is the top level).
+EMBEDDERS = "model.params.conditioner_config.params.emb_models"
+AUTOENCODER_NO_EFFECT = (
+    "lossconfig loss_config optimizer_config lr_g_factor trainable_ae_params ae_optimizer_args "
+    "trainable_disc_params disc_optimizer_args disc_start_iter diff_boost_factor ema_decay monitor "
+    "input_key additional_decode_keys ckpt_path ckpt_engine max_batch_size"
+).split()
+NO_EFFECT_FIELDS = {
+    "": "data lightning",
+    "model.params": "ckpt_path optimizer_config scheduler_config loss_fn_config use_ema "
+    "ema_decay_rate input_key log_keys no_cond_log disable_first_stage_autocast compile_model "
+    "en_and_decode_n_samples_a_time",
+    "model.params.network_config.params": "dropout use_checkpoint num_heads_upsample "
+    "time_context_dim",
+    **{f"{EMBEDDERS}.{i}": "is_trainable ucg_rate legacy_ucg_value" for i in range(5)},
+    f"{EMBEDDERS}.0.params": "n_copies",
+    f"{EMBEDDERS}.0.params.open_clip_embedding_config.params": "version device init_device "
+    "freeze ucg_rate max_length",
+    f"{EMBEDDERS}.3.params": "n_copies disable_encoder_autocast en_and_decode_n_samples_a_time",
+    f"{EMBEDDERS}.3.params.encoder_config.params": " ".join(AUTOENCODER_NO_EFFECT),
+    "model.params.first_stage_config.params": " ".join(AUTOENCODER_NO_EFFECT),
+    "model.params.sampler_config.params": "s_tmin s_tmax s_noise verbose device",
+    "model.params.sampler_config.params.guider_config.params": "additional_cond_keys",
+}
+# svd.yaml's first stage is an AutoencodingEngine (the image-decoder files' is an AutoencoderKL).
+ENGINE_NO_EFFECT_FIELDS = {
+    "model.params.first_stage_config.params": "regularizer_config",
+    "model.params.first_stage_config.params.encoder_config.params": "dropout",
+    "model.params.first_stage_config.params.decoder_config.params": "dropout",
+}
 
-    def add_fields(node):
-        if isinstance(node, dict):
-            target = node.get("target")
-            if target in SGM_NO_EFFECT:
-                seen.add(target)
-                params = node.setdefault("params", {})
-                params.update(dict.fromkeys(SGM_NO_EFFECT[target], "any value"))
-            for value in list(node.values()):
-                add_fields(value)
-        elif isinstance(node, list):
-            for value in node:
-                add_fields(value)
 
-    for version in ("svd", "svd_image_decoder"):
+def _node(tree, path: str):
+    """The mapping (or list) at a dotted path of a yaml tree ("" is the tree itself)."""
+    node = tree
+    for key in path.split(".") if path else []:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    return node
+
+
+def test_fields_with_no_effect_are_accepted_with_any_value(tmp_path):
+    """Each field that changes nothing, added where its class sits, leaves the preset as it is."""
+    for version, placements in [
+        ("svd", [NO_EFFECT_FIELDS, ENGINE_NO_EFFECT_FIELDS]),
+        ("svd_image_decoder", [NO_EFFECT_FIELDS]),
+    ]:
         tree = svd_tree(version)
-        tree.update(dict.fromkeys(SGM_NO_EFFECT[TOP_LEVEL], {"anything": [1, 2]}))
-        add_fields(tree)
-        for entry in embedders(tree):
-            entry.update(dict.fromkeys(SGM_NO_EFFECT[EMBEDDER_ENTRY], 0.5))
+        for fields in placements:
+            for path, names in fields.items():
+                value = {"anything": [1, 2]} if path == "" else "any value"
+                _node(tree, path).update(dict.fromkeys(names.split(), value))
         config = SVDConfig.from_sgm_yaml(write(tmp_path, tree, stem=version))
         assert config == getattr(SVDConfig, version)()
-    assert seen | {TOP_LEVEL, EMBEDDER_ENTRY} == set(SGM_NO_EFFECT)
 
 
 # ---- other widths ---------------------------------------------------------------------------------
@@ -428,9 +462,7 @@ def _set(path: str, value):
 
     def change(tree):
         *parents, last = path.split(".")
-        node = tree
-        for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node[key]
+        node = _node(tree, ".".join(parents))
         if value is DELETE:
             del node[last]
         elif isinstance(node, list):

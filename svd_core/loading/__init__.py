@@ -1,8 +1,10 @@
-"""Checkpoint layouts (official single file, diffusers folders, hub ids) and their key maps."""
+"""Checkpoint layouts (official single file, diffusers folders, hub ids) and their key maps; sgm
+YAML configs (`read_sgm_yaml`)."""
 
 from .api import LoadReport, inspect_checkpoint, load, save
 from .files import CheckpointError
 from .keymap import Cat, Conv1x1, KeyMap, KeyMapError, Same, Transpose
+from .sgm_yaml import read_sgm_yaml
 
 __all__ = [
     "Cat",
@@ -15,5 +17,6 @@ __all__ = [
     "Transpose",
     "inspect_checkpoint",
     "load",
+    "read_sgm_yaml",
     "save",
 ]

@@ -93,7 +93,7 @@ def infer_official_config(
         if found != expected:
             raise CheckpointError(
                 f"this SVD checkpoint has {what} = {found}, the official presets {expected}; "
-                "build its SVDConfig (e.g. SVDConfig.from_sgm_yaml) and pass it as config="
+                "build its SVDConfig (e.g. svd_core.loading.read_sgm_yaml) and pass it as config="
             )
     return config, how
 

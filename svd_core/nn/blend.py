@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STRATEGIES = ("fixed", "learned", "learned_with_images")
+from ..config import MERGE_STRATEGIES
 
 
 class AlphaBlend(nn.Module):
@@ -25,8 +25,10 @@ class AlphaBlend(nn.Module):
 
     def __init__(self, mix_factor: float = 0.5, strategy: str = "learned_with_images") -> None:
         super().__init__()
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown blend strategy {strategy!r}; expected one of {STRATEGIES}")
+        if strategy not in MERGE_STRATEGIES:
+            raise ValueError(
+                f"unknown blend strategy {strategy!r}; expected one of {MERGE_STRATEGIES}"
+            )
         self.strategy = strategy
         value = torch.tensor([float(mix_factor)])
         if strategy == "fixed":
