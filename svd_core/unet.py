@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .config import UNetConfig
 from .nn import AlphaBlend, EmbeddingMLP, GroupNorm32, ResBlock, Upsample, timestep_embedding
+from .nn.init import zero_module
 from .nn.layout import rearrange
 from .nn.transformer import SpatialTransformerBlock, TemporalTransformerBlock
 
@@ -117,7 +118,8 @@ class SpatioTemporalTransformer(nn.Module):
         )
         self.frame_embed = EmbeddingMLP(channels, channels, hidden_dim=4 * channels)  # C -> 4C -> C
         self.blend = AlphaBlend(cfg.merge_factor, cfg.merge_strategy)
-        self.proj_out = nn.Linear(channels, channels)
+        # Zero at construction, so that a fresh transformer adds nothing (sgm's SpatialTransformer).
+        self.proj_out = zero_module(nn.Linear(channels, channels))
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, image_only_indicator: torch.Tensor
@@ -350,7 +352,8 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(reversed(decoder))
 
         self.norm_out = GroupNorm32(cfg.num_groups, cfg.model_channels, eps=cfg.norm_eps)
-        self.conv_out = nn.Conv2d(cfg.model_channels, cfg.out_channels, 3, padding=1)
+        # Zero at construction, so that a fresh UNet predicts zero (sgm's VideoUNet `out`).
+        self.conv_out = zero_module(nn.Conv2d(cfg.model_channels, cfg.out_channels, 3, padding=1))
 
     @property
     def downscale_factor(self) -> int:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import VAEConfig
-from .nn import AlphaBlend, Attention, GroupNorm32, ResBlock, Upsample
+from .nn import AlphaBlend, Attention, GroupNorm32, ResBlock, Upsample, zero_module
 from .nn.layout import rearrange  # einops.rearrange, cheap for torch.compile to trace
 
 # The temporal half of every video res block normalizes with eps 1e-5 (official `time_stack` is the
@@ -72,6 +72,9 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.norm = GroupNorm32(num_groups, channels, eps=eps)
         self.attn = Attention(channels, heads=1, head_dim=channels, qkv_bias=True)
+        # Zero at construction, so that a fresh block is the identity, as improved-diffusion's and
+        # sgm's UNet AttentionBlock (`proj_out`); sgm's VAE AttnBlock keeps torch's init.
+        zero_module(self.attn.to_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

@@ -5,10 +5,12 @@ bit, checkpoints are never half-written, export loads back strictly, and the CLI
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import pytest
 import torch
+from helpers import randomize
 from torch import nn
 
 import svd_core
@@ -18,6 +20,7 @@ from svd_core import SVDConfig
 from svd_core.data import MovingShapes
 from svd_core.model import SVDModel
 from svd_core.sampling import v_prediction_scalings
+from svd_core.unet import UNet
 from svd_core.vae import VAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -151,6 +154,7 @@ def test_vae_loss_without_detail_weight_is_plain_l1_plus_mse_plus_kl():
 def test_training_preconditioning_matches_v_prediction_scalings():
     torch.manual_seed(0)
     model = SVDModel(small_config())
+    randomize(model.unet)  # a fresh UNet outputs zeros (zero conv_out), which would hide c_out
     batch = pool_batch(model, 3)
     model.unet = Recorder(model.unet)
     tc = train.UNetTrainConfig(cond_dropout=0)
@@ -247,9 +251,10 @@ class Interrupt(KeyboardInterrupt):
     """The Ctrl-C the tests send."""
 
 
-def interrupt_after(monkeypatch, name: str, calls: int) -> None:
-    """Make svd_core.train.<name> raise a KeyboardInterrupt on its (calls + 1)-th call."""
-    original, count = getattr(train, name), [0]
+def interrupt_after(monkeypatch, module, name: str, calls: int) -> None:
+    """Make `module.<name>` (e.g. svd_core.train.vae_stage.vae_loss, where train_vae looks it up)
+    raise a KeyboardInterrupt on its (calls + 1)-th call."""
+    original, count = getattr(module, name), [0]
 
     def wrapper(*args, **kwargs):
         count[0] += 1
@@ -257,7 +262,7 @@ def interrupt_after(monkeypatch, name: str, calls: int) -> None:
             raise Interrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, name, wrapper)
+    monkeypatch.setattr(module, name, wrapper)
 
 
 def assert_same_state(a, b) -> None:
@@ -298,7 +303,10 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(
     run(straight)
     resumed = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        interrupt_after(patch, "vae_loss" if stage == "vae" else "unet_loss", 3)
+        if stage == "vae":
+            interrupt_after(patch, train.vae_stage, "vae_loss", 3)
+        else:
+            interrupt_after(patch, train.unet_stage, "unet_loss", 3)
         with pytest.raises(Interrupt):
             run(resumed)
     saved = train.load_checkpoint(resumed / stage / train.CHECKPOINT_NAME)
@@ -436,18 +444,21 @@ def test_cli_unet_stage_without_a_vae_stage_is_a_clear_error(tmp_path, capsys):
 # ---- initialization for training from scratch ------------------------------------------------------
 
 
-def test_init_for_training_starts_every_residual_block_as_the_identity():
-    """Zeroed last layers: every res block returns its skip path, every attention block its input,
-    every transformer adds nothing; the video decoder's temporal output conv passes frames
-    through; the UNet's output is zero, so the denoiser starts as c_skip * x."""
+@pytest.mark.parametrize("initialized", [False, True], ids=["constructed", "init_for_training"])
+def test_every_residual_block_starts_as_the_identity(initialized):
+    """Zeroed last layers (svd_core.nn.zero_module at construction, kept by init_for_training):
+    every res block returns its skip path, every attention block its input, every transformer
+    adds nothing; the UNet's output is zero, so the denoiser starts as c_skip * x. After
+    init_for_training the video decoder's temporal output conv also passes frames through."""
     from svd_core.nn import ResBlock
     from svd_core.unet import SpatioTemporalTransformer
     from svd_core.vae import AttentionBlock
 
     torch.manual_seed(0)
     model = SVDModel(small_config())
-    train.init_for_training(model.vae)
-    train.init_for_training(model.unet)
+    if initialized:
+        train.init_for_training(model.vae)
+        train.init_for_training(model.unet)
     counts = {"res": 0, "attention": 0, "transformer": 0}
     for module in [*model.vae.modules(), *model.unet.modules()]:
         if isinstance(module, ResBlock):
@@ -472,9 +483,10 @@ def test_init_for_training_starts_every_residual_block_as_the_identity():
             assert torch.count_nonzero(module.proj_out.weight) == 0
             counts["transformer"] += 1
     assert min(counts.values()) > 0, counts
-    frames = torch.randn(2, 3, 5, 4, 4)  # (B, C, F, H, W)
-    conv = model.vae.decoder.temporal_conv_out
-    torch.testing.assert_close(conv(frames), frames, rtol=0, atol=0)
+    if initialized:
+        frames = torch.randn(2, 3, 5, 4, 4)  # (B, C, F, H, W)
+        conv = model.vae.decoder.temporal_conv_out
+        torch.testing.assert_close(conv(frames), frames, rtol=0, atol=0)
     cfg = model.config
     out = model.unet(
         torch.randn(2, cfg.num_frames, cfg.unet.in_channels, 4, 4),
@@ -484,6 +496,93 @@ def test_init_for_training_starts_every_residual_block_as_the_identity():
     )
     assert out.shape == (2, cfg.num_frames, cfg.unet.out_channels, 4, 4)
     assert torch.count_nonzero(out) == 0
+
+
+def init_for_training_as_documented(module: nn.Module) -> nn.Module:
+    """`init_for_training`'s rule written out here, with the zeroed layers named by their types:
+    every conv and linear, in module order, draws normal(0, 1/sqrt(fan_in)) weights from the
+    global generator and gets zero biases; then the last layer of every residual branch (res block
+    conv2, VAE attention output, transformer proj_out) and the UNet's conv_out are zero, the
+    video decoder's temporal output conv is the identity over frames, and the posterior's
+    log-variance bias is INITIAL_LOGVAR."""
+    from svd_core.nn import ResBlock
+    from svd_core.unet import SpatioTemporalTransformer
+    from svd_core.vae import AttentionBlock
+
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d | nn.Conv3d | nn.Linear):
+                layer.weight.normal_(0.0, 1.0 / math.sqrt(layer.weight[0].numel()))
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        zeroed = []
+        for layer in module.modules():
+            if isinstance(layer, ResBlock):
+                zeroed.append(layer.conv2)
+            elif isinstance(layer, AttentionBlock):
+                zeroed.append(layer.attn.to_out)
+            elif isinstance(layer, SpatioTemporalTransformer):
+                zeroed.append(layer.proj_out)
+            elif isinstance(layer, UNet):
+                zeroed.append(layer.conv_out)
+            elif isinstance(layer, VAE):
+                layer.quant_conv.bias[layer.cfg.latent_channels :] = train.INITIAL_LOGVAR
+                weight = layer.decoder.temporal_conv_out.weight  # (C, C, k, 1, 1)
+                weight.zero_()
+                weight[:, :, weight.shape[2] // 2, 0, 0] = torch.eye(weight.shape[0])
+        for layer in zeroed:
+            layer.weight.zero_()
+    return module
+
+
+@pytest.mark.parametrize("network", ["vae", "unet"])
+def test_init_for_training_is_its_documented_rule_bit_for_bit(network):
+    """The zero-init lives in the constructors (svd_core.nn.zero_module), not in a switch over
+    layer types; the result is the rule's, bit for bit, with the same draws from the generator."""
+    cfg = SVDConfig.tiny_demo()
+
+    def build() -> nn.Module:
+        return VAE(cfg.vae) if network == "vae" else UNet(cfg.unet)
+
+    torch.manual_seed(0)
+    got = train.init_for_training(build()).state_dict()
+    rng_after = torch.get_rng_state()
+    torch.manual_seed(0)
+    expected = init_for_training_as_documented(build()).state_dict()
+    assert torch.equal(torch.get_rng_state(), rng_after)  # the same number of draws
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    weights = [tensor for tensor in expected.values() if tensor.ndim >= 2]
+    zero = sum(not tensor.any() for tensor in weights)
+    assert 0 < zero < len(weights) / 2, (zero, len(weights))  # some layers start at zero, not most
+
+
+def test_vae_loss_gives_each_clip_of_a_rank_the_noise_of_the_global_batch():
+    """Under torchrun each rank passes its clips and `part` = (offset, global batch size): every
+    clip is reconstructed from the posterior sample it gets in the whole batch, at any world size."""
+    cfg = small_config()
+    vae = VAE(cfg.vae)
+    randomize(vae, seed=1, mix_factor_std=0.5)
+    frames = clip_frames(4, cfg)
+    num_frames = frames.shape[1]
+    tc = train.VAETrainConfig()
+    latents = []  # the latents each vae_loss decodes, (B*F, 4, h, w)
+    vae.decoder.register_forward_pre_hook(lambda module, inputs: latents.append(inputs[0]))
+    slices = [(0, 2), (2, 2), (3, 1)]  # two ranks of 2 clips; a rank with only the last clip
+    with torch.no_grad():
+        whole = vae.encode_posterior(frames.flatten(0, 1)).sample(train.step_generator(0, 9))
+        train.vae_loss(vae, frames, tc, train.step_generator(0, 9))
+        for offset, count in slices:
+            clips = frames[offset : offset + count]
+            train.vae_loss(vae, clips, tc, train.step_generator(0, 9), (offset, 4))
+        train.vae_loss(vae, frames[2:], tc, train.step_generator(0, 9))  # drawn for 2 clips
+    torch.testing.assert_close(latents[0], whole, rtol=0, atol=0)
+    for (offset, count), latent in zip(slices, latents[1:-1], strict=True):
+        rows = slice(offset * num_frames, (offset + count) * num_frames)
+        # (the encoder's round-off differs with the batch size)
+        torch.testing.assert_close(latent, whole[rows], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(latents[-1], whole[2 * num_frames :], rtol=1e-3, atol=1e-3)
 
 
 def test_init_for_training_weights_are_variance_preserving():

@@ -6,6 +6,7 @@ from .attention import Attention
 from .blend import AlphaBlend
 from .embeddings import EmbeddingMLP, embed_added, timestep_embedding
 from .feedforward import GEGLUFeedForward
+from .init import zero_module
 from .norm import GroupNorm32
 from .resample import Upsample
 from .resblock import ResBlock
@@ -21,6 +22,7 @@ __all__ = [
     "embed_added",
     "timestep_embedding",
     "use_fast_paths",
+    "zero_module",
 ]
 
 

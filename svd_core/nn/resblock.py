@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .init import zero_module
 from .layout import rearrange  # einops.rearrange, cheap for torch.compile to trace
 from .norm import GroupNorm32
 
@@ -113,7 +114,10 @@ class ResBlock(nn.Module):
         self.emb_proj = None if emb_channels is None else nn.Linear(emb_channels, out_channels)
         self.norm2 = GroupNorm32(num_groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = conv(out_channels, out_channels)
+        # Zero at construction, so that a fresh block is its skip path: sgm's ResBlock (the UNet's
+        # spatial and temporal blocks, the VAE decoder's `time_stack`) does the same; its VAE
+        # ResnetBlock keeps torch's init, but ours shares this block. diffusers zeroes none.
+        self.conv2 = zero_module(conv(out_channels, out_channels))
         if in_channels == out_channels:
             self.skip = nn.Identity()
         elif temporal:
