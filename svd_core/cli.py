@@ -19,7 +19,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 DTYPES = ("float32", "float16", "bfloat16")
 RESIZE_MODES = ("crop", "squash", "none")  # svd_core.io.RESIZE_MODES (not imported: see above)

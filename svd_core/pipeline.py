@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import __version__, sampling
+from . import sampling
 from .conditioning import encode_conditioning, guided_denoiser
 from .config import SVDConfig
 
 if TYPE_CHECKING:  # for the type hints only
     from .model import SVDModel
 from .io import RESIZE_MODES, check_video_size, fit_image, load_image, save_video, to_uint8
+from .version import __version__
 
 GUIDANCE_SCHEDULES = tuple(sampling.GUIDANCE_SCHEDULES)  # the names; the functions: sampling
 NUMERICS = ("official", "diffusers")

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import __version__
 from ..config import SVDConfig
 from ..loading.clip_maps import diffusers_clip_map
 from ..loading.unet_maps import diffusers_unet_map
 from ..loading.vae_maps import diffusers_vae_map
 from ..model import SVDModel
+from ..version import __version__
 from .blocks import DETAILS
 from .components import COMPONENTS, NEEDS_VAE, RUNNERS, Setup, conditioning_image
 from .reference import (
