@@ -65,7 +65,9 @@ class Recorder(nn.Module):
             out = self.unet(x, c_noise, context, vector)
         else:
             out = torch.zeros_like(x[:, :, : self.unet.cfg.out_channels])
-        self.calls.append({"x": x, "c_noise": c_noise, "context": context, "out": out})
+        self.calls.append(
+            {"x": x, "c_noise": c_noise, "context": context, "vector": vector, "out": out}
+        )
         return out
 
 
@@ -180,6 +182,34 @@ def test_training_preconditioning_matches_v_prediction_scalings():
     weight = (sigma**2 + 1) / sigma**2
     expected = (weight * (denoised - x0).square().mean(dim=(1, 2, 3, 4))).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_each_clip_of_a_batch_reaches_the_unet_with_its_own_fps_motion_and_cond_aug():
+    """Two clips with different fps and motion buckets: the UNet's vector holds, row by row, each
+    clip's own embed_added(fps - 1, motion_bucket_id, cond_aug), with each clip's own cond_aug
+    draw (the community scripts' fixed fps 7 / motion 127 / first clip's cond_aug would fail)."""
+    from svd_core import embed_added
+
+    torch.manual_seed(0)
+    model = SVDModel(small_config())
+    batch = pool_batch(model, 2)
+    batch["fps"] = torch.tensor([6.0, 14.0])
+    batch["motion_bucket_id"] = torch.tensor([20.0, 240.0])
+    model.unet = Recorder(model.unet, run=False)
+    tc = train.UNetTrainConfig(cond_dropout=0)
+    with torch.no_grad():
+        _, draws = train.unet_loss(model, batch, tc, train.step_generator(0, 1))
+    (call,) = model.unet.calls
+    assert draws["cond_aug"][0] != draws["cond_aug"][1]
+    for clip in range(2):
+        expected = embed_added(
+            batch["fps"][clip : clip + 1] - 1,
+            batch["motion_bucket_id"][clip : clip + 1],
+            draws["cond_aug"][clip : clip + 1],
+            dim=model.config.unet.addition_embed_dim,
+        )[0]
+        torch.testing.assert_close(call["vector"][clip], expected, rtol=0, atol=0)
+    assert not torch.equal(call["vector"][0], call["vector"][1])
 
 
 def test_noise_levels_are_log_normal_one_per_clip():
