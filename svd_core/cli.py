@@ -1,5 +1,5 @@
 """The `svd-core` command line: `generate` (image to video), `generate-batch`, `info`, `train`,
-`eval` and `parity`.
+`eval`, `parity` and `annotate` (fps and motion of training videos).
 
 Exit codes: 0 success, 2 bad arguments, missing files or bad checkpoints (one line on stderr),
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Outputs are written atomically, so an
@@ -102,7 +102,106 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(commands)
     _add_parity_parser(commands)
     _add_generate_batch_parser(commands)
+    _add_annotate_parser(commands)
     return parser
+
+
+def _add_annotate_parser(commands) -> None:
+    """`svd-core annotate`: fps and optical-flow motion of training videos, into a manifest."""
+    annotate = commands.add_parser(
+        "annotate",
+        help="measure each training video's fps and motion (optical flow) into a manifest",
+        description="For every video file or frames folder in VIDEOS (a folder, or a .csv/.jsonl "
+        "manifest), measure its frame rate and an optical-flow motion score (OpenCV Farneback at "
+        "2 fps, as SVD's data curation; svd_core.data.motion) and map the score to a "
+        "motion_bucket_id, then write them to a JSONL manifest that svd_core.data.VideoClips "
+        "reads. The mapping from score to bucket is our calibration, not SVD's (which is not "
+        "published): see svd_core/data/motion.py. Files that cannot be read are skipped and "
+        "listed at the end (--strict: the first one stops the run). Needs the video extra.",
+    )
+    annotate.add_argument("videos", help="folder of videos / frames folders, or a manifest")
+    annotate.add_argument("-o", "--output", required=True, help="the manifest to write (.jsonl)")
+    annotate.add_argument(
+        "--sample-fps", type=float, default=2.0, help="frames per second the flow is computed at"
+    )
+    annotate.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="motion_bucket_id per unit of motion score (default: svd_core.data.motion."
+        "BUCKET_SCALE, calibrated on the demo data; for real footage try 127 / the median score)",
+    )
+    annotate.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    annotate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import math
+
+    from tqdm.auto import tqdm
+
+    from .data import motion
+    from .data.videos import (
+        FRAME_SUFFIXES,
+        VIDEO_SUFFIXES,
+        VideoSource,
+        read_manifest,
+        write_manifest,
+    )
+    from .io import output_folder
+
+    output = Path(args.output)
+    if output.suffix.lower() != ".jsonl":
+        return _fail(f"-o {args.output!r}: the manifest is a .jsonl file")
+    output_folder(output)
+    source = Path(args.videos)
+    if source.is_dir():
+        entries = sorted(
+            p
+            for p in source.iterdir()
+            if p.suffix.lower() in VIDEO_SUFFIXES
+            or (p.is_dir() and any(f.suffix.lower() in FRAME_SUFFIXES for f in p.iterdir()))
+        )
+        sources = [VideoSource(str(p)) for p in entries]
+    elif source.suffix.lower() in (".csv", ".jsonl", ".json"):
+        sources = read_manifest(source)
+    else:
+        return _fail(f"{args.videos!r} is neither a folder of videos nor a .csv/.jsonl manifest")
+    if not sources:
+        return _fail(
+            f"{args.videos!r} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or frames folders"
+        )
+    scale = motion.BUCKET_SCALE if args.scale is None else args.scale
+    for flag, value in (("--sample-fps", args.sample_fps), ("--scale", scale)):
+        if not (math.isfinite(value) and value > 0):
+            return _fail(f"{flag} must be a positive number, got {value}")
+    annotated, skipped = [], {}
+    for entry in tqdm(sources, desc="annotating", disable=args.quiet, leave=False):
+        try:
+            measured = motion.measure_video(
+                entry.path, entry.fps, sample_fps=args.sample_fps, scale=scale
+            )
+        except ValueError as error:  # VideoError: unreadable; ValueError: too short to measure
+            if args.strict:
+                raise
+            skipped[entry.path] = " ".join(str(error).split())
+            continue
+        annotated.append(
+            dataclasses.replace(
+                entry,
+                fps=measured["fps"],
+                motion_score=round(measured["motion_score"], 6),
+                motion_bucket_id=measured["motion_bucket_id"],
+            )
+        )
+    if not annotated:
+        return _fail(f"no video could be read; skipped: {dict(list(skipped.items())[:3])}")
+    write_manifest(output, annotated)
+    print(f"annotated {len(annotated)} of {len(sources)} videos into {output}")
+    for path, reason in skipped.items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0
 
 
 def _add_train_parser(commands) -> None:
@@ -713,6 +812,7 @@ def _run(args: argparse.Namespace) -> int:
         "eval": _eval,
         "parity": _parity,
         "generate-batch": _generate_batch,
+        "annotate": _annotate,
     }
     try:
         if getattr(args, "device", None) is not None:

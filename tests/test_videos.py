@@ -193,3 +193,26 @@ def test_resize_and_crop_keeps_the_aspect_and_bad_options_are_refused():
         VideoClips([VideoSource("x.mp4")], num_frames=4, height=100, width=64)
     with pytest.raises(ValueError, match="crop must be one of"):
         VideoClips([VideoSource("x.mp4")], num_frames=4, height=64, width=64, crop="middle")
+
+
+def test_annotate_writes_a_manifest_that_the_dataset_reads(videos, tmp_path, capsys):
+    """`svd-core annotate`: fps and motion of every readable video, the bad ones listed."""
+    import svd_core.cli
+
+    folder, _ = videos
+    manifest = tmp_path / "clips.jsonl"
+    assert svd_core.cli.main(["annotate", str(folder), "-o", str(manifest), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "annotated 4 of 6 videos" in out
+    assert "broken.mp4" in err and "short.mp4" in err
+    sources = {Path(s.path).name: s for s in read_manifest(manifest)}
+    assert sorted(sources) == ["a.mp4", "b.webm", "c.gif", "d"]
+    for source in sources.values():
+        assert source.fps is not None and 0 <= source.motion_bucket_id <= 255
+        assert source.motion_score >= 0
+    clips = VideoClips.from_manifest(manifest, num_frames=4, height=64, width=64)
+    assert clips[0].motion_bucket_id == sources["a.mp4"].motion_bucket_id
+    strict = ["annotate", str(folder), "-o", str(tmp_path / "s.jsonl"), "--quiet", "--strict"]
+    assert svd_core.cli.main(strict) == 2
+    assert "broken.mp4" in capsys.readouterr().err and not (tmp_path / "s.jsonl").exists()
+    assert svd_core.cli.main(["annotate", str(folder), "-o", str(tmp_path / "x.txt")]) == 2

@@ -42,7 +42,7 @@ from ..io import check_video_size
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi", ".m4v")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 FRAMES_FOLDER_FPS = 7.0  # the frame rate of a folder of frames whose manifest entry gives none
-MANIFEST_FIELDS = ("path", "fps", "motion_bucket_id", "start", "end", "split")
+MANIFEST_FIELDS = ("path", "fps", "motion_bucket_id", "motion_score", "start", "end", "split")
 CROPS = ("center", "random")
 
 
@@ -55,13 +55,15 @@ class VideoSource:
     """One video file or folder of frames, and what a manifest says about it.
 
     fps: overrides the container's frame rate (needed for frame folders); motion_bucket_id: the
-    clip's motion conditioning (None: the dataset's default); start, end: the part to use, in
-    seconds; split: a free label ("train", "val", ...).
+    clip's motion conditioning (None: the dataset's default); motion_score: the optical-flow score
+    it was bucketed from (kept so that clips can be re-bucketed without measuring again); start,
+    end: the part to use, in seconds; split: a free label ("train", "val", ...).
     """
 
     path: str
     fps: float | None = None
     motion_bucket_id: float | None = None
+    motion_score: float | None = None  # what `svd-core annotate` measured (svd_core.data.motion)
     start: float | None = None
     end: float | None = None
     split: str | None = None
@@ -153,6 +155,7 @@ def read_frames(
 ) -> np.ndarray:
     """The frames at `indices` (increasing, 0-based) of a video file or frames folder:
     uint8 (N, H, W, 3). Decodes only from the keyframe before the first index to the last one.
+    `fps` is used only for a file whose stream states no rate.
 
     Raises VideoError when a frame cannot be decoded or the source ends before the last index.
     """
@@ -176,7 +179,9 @@ def read_frames(
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            rate = float(fps or stream.average_rate or stream.guessed_rate or FRAMES_FOLDER_FPS)
+            # Frame i is the one at i / (the stream's own rate): an `fps` override (a container
+            # that states a wrong rate) changes what a clip reports, not which frame is i.
+            rate = float(stream.average_rate or stream.guessed_rate or fps or FRAMES_FOLDER_FPS)
             time_base = float(stream.time_base)
             origin = stream.start_time or 0
             if indices[0] > 0 and container.format.name not in ("gif",):  # GIF cannot seek
@@ -203,7 +208,8 @@ def read_frames(
 
 def read_manifest(path: str | os.PathLike) -> list[VideoSource]:
     """The sources of a CSV (with a header) or JSONL manifest; relative paths are relative to the
-    manifest's folder. Columns: path (required), fps, motion_bucket_id, start, end, split."""
+    manifest's folder. Columns: path (required), fps, motion_bucket_id, motion_score, start, end,
+    split (MANIFEST_FIELDS)."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"manifest {str(path)!r} does not exist")
@@ -230,7 +236,7 @@ def read_manifest(path: str | os.PathLike) -> list[VideoSource]:
                 + f"; the columns are {', '.join(MANIFEST_FIELDS)}"
             )
         values = {k: (None if row.get(k) in (None, "") else row[k]) for k in MANIFEST_FIELDS}
-        for name in ("fps", "motion_bucket_id", "start", "end"):
+        for name in ("fps", "motion_bucket_id", "motion_score", "start", "end"):
             if values[name] is not None:
                 try:
                     values[name] = float(values[name])
