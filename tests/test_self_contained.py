@@ -70,11 +70,14 @@ def escapes(relative: Path, text: str) -> list[str]:
 @pytest.mark.parametrize(
     "relative, line",
     [
-        ("tests/helpers.py", 'KEYS = Path(__file__).resolve().parents[2] / "shared" / "keys.json"'),
+        (
+            "tests/helpers.py",
+            'KEYS = Path(__file__).resolve().parents[2] / "outside" / "keys.json"',
+        ),
         ("tests/helpers.py", "ROOT = Path(__file__).resolve().parent.parent.parent"),
-        ("scripts/test.sh", 'cp "$(dirname "$0")/../../shared/keys.json" tests/'),
-        ("tests/helpers.py", 'open("../shared/official_keys.json")'),
-        ("a.py", 'open("../shared/official_keys.json")'),
+        ("scripts/test.sh", 'cp "$(dirname "$0")/../../outside/keys.json" tests/'),
+        ("tests/helpers.py", 'open("../outside/official_keys.json")'),
+        ("a.py", 'open("../outside/official_keys.json")'),
     ],
 )
 def test_the_checker_finds_paths_above_the_root(relative, line):
