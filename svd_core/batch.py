@@ -8,8 +8,9 @@ Resuming: each finished video is written atomically, then a record (input, outpu
 settings it was made with, the settings requested, model, frames, seconds) is appended to
 OUT_DIR/manifest-rank{r}.jsonl (made with the first record, so a run that fails before any video
 leaves none). A later run skips an input whose output exists and whose latest record has the same
-seed, requested settings and model; any other output is (re)generated. At the end rank 0 merges every rank file into OUT_DIR/manifest.json,
-one entry per input in input order, each saying whether this run generated or skipped it.
+seed, requested settings and model; any other output is (re)generated. At the end rank 0 merges
+every rank file into OUT_DIR/manifest.json, one entry per input in input order, each saying
+whether this run generated or skipped it.
 """
 
 from __future__ import annotations
@@ -28,11 +29,8 @@ from .io import atomic_file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 FORMATS = {"mp4": ".mp4", "gif": ".gif", "webp": ".webp", "png": ""}  # png: a folder of frames
 MANIFEST_NAME = "manifest.json"
-BATCH_ONLY = (
-    "dtype",
-    "base_seed",
-    "format",
-)  # BatchSettings fields that SVDPipeline.__call__ lacks
+# BatchSettings fields that SVDPipeline.__call__ lacks
+BATCH_ONLY = ("dtype", "base_seed", "format")
 
 
 class BatchError(ValueError):

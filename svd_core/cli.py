@@ -142,13 +142,7 @@ def _annotate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .data import motion
-    from .data.videos import (
-        FRAME_SUFFIXES,
-        VIDEO_SUFFIXES,
-        VideoSource,
-        read_manifest,
-        write_manifest,
-    )
+    from .data.videos import VIDEO_SUFFIXES, read_manifest, sources_in, write_manifest
     from .io import output_folder
 
     output = Path(args.output)
@@ -157,13 +151,7 @@ def _annotate(args: argparse.Namespace) -> int:
     output_folder(output)
     source = Path(args.videos)
     if source.is_dir():
-        entries = sorted(
-            p
-            for p in source.iterdir()
-            if p.suffix.lower() in VIDEO_SUFFIXES
-            or (p.is_dir() and any(f.suffix.lower() in FRAME_SUFFIXES for f in p.iterdir()))
-        )
-        sources = [VideoSource(str(p)) for p in entries]
+        sources = sources_in(source)
     elif source.suffix.lower() in (".csv", ".jsonl", ".json"):
         sources = read_manifest(source)
     else:

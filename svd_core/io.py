@@ -292,16 +292,13 @@ def output_folder(path: Path) -> Path:
     """The folder `path` will be written into, checked to exist, be a folder and be writable."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        # Name the part of the path that is wrong: a file where a folder should be, or the first
-        # folder that does not exist.
-        existing = next((p for p in parent.parents if p.exists()), None)
-        for ancestor in (parent, *parent.parents):
-            if ancestor.exists() and not ancestor.is_dir():
-                raise NotADirectoryError(
-                    f"cannot write {str(path)!r}: {str(ancestor)!r} is a file, not a folder"
-                )
-            if ancestor == existing:
-                break
+        # Name the part of the path that is wrong: the nearest existing part is a file where a
+        # folder should be, or the folders below it do not exist.
+        existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise NotADirectoryError(
+                f"cannot write {str(path)!r}: {str(existing)!r} is a file, not a folder"
+            )
         raise FileNotFoundError(
             f"output folder {str(parent)!r} does not exist; create it first (mkdir -p {parent})"
         )

@@ -181,6 +181,23 @@ def _too_short(num_frames: int, fps: float, sample_fps: float) -> ValueError:
     )
 
 
+def _flow_indices(num_frames: int, fps: float, sample_fps: float) -> list[int]:
+    """`sample_indices`, or the too-short ValueError when they give fewer than two frames."""
+    indices = sample_indices(num_frames, fps, sample_fps)
+    if len(indices) < 2:
+        raise _too_short(num_frames, fps, sample_fps)
+    return indices
+
+
+def _measured(fps: float, score: float, scale: float) -> dict:
+    """The manifest's motion fields: {"fps", "motion_score", "motion_bucket_id"}."""
+    return {
+        "fps": float(fps),
+        "motion_score": score,
+        "motion_bucket_id": motion_bucket(score, scale),
+    }
+
+
 def motion_score(
     frames: np.ndarray,
     fps: float,
@@ -219,9 +236,7 @@ def motion_score(
     )
     if not isinstance(flow, Farneback):
         raise ValueError(f"flow must be a Farneback(...), got {flow!r}")
-    indices = sample_indices(len(frames), fps, sample_fps)
-    if len(indices) < 2:
-        raise _too_short(len(frames), fps, sample_fps)
+    indices = _flow_indices(len(frames), fps, sample_fps)
     cv2 = _require_cv2()
     greys = [_analysis_frame(frames[i], size, cv2) for i in indices]
     return _score(greys, indices, fps, size, flow)
@@ -251,12 +266,7 @@ def measure(
     scale: float = BUCKET_SCALE,
 ) -> dict:
     """The manifest's motion fields of a clip: {"fps", "motion_score", "motion_bucket_id"}."""
-    score = motion_score(frames, fps, sample_fps, size, flow)
-    return {
-        "fps": float(fps),
-        "motion_score": score,
-        "motion_bucket_id": motion_bucket(score, scale),
-    }
+    return _measured(fps, motion_score(frames, fps, sample_fps, size, flow), scale)
 
 
 def _decode_sampled(
@@ -269,9 +279,7 @@ def _decode_sampled(
 
     cv2 = _require_cv2()
     info = probe(path, fps)
-    indices = sample_indices(info.num_frames, info.fps, sample_fps)
-    if len(indices) < 2:
-        raise _too_short(info.num_frames, info.fps, sample_fps)
+    indices = _flow_indices(info.num_frames, info.fps, sample_fps)
     greys = []
     for chunk in range(0, len(indices), DECODE_CHUNK):
         frames = read_frames(path, indices[chunk : chunk + DECODE_CHUNK], fps)
@@ -296,5 +304,4 @@ def measure_video(
     if not isinstance(flow, Farneback):
         raise ValueError(f"flow must be a Farneback(...), got {flow!r}")
     greys, indices, rate = _decode_sampled(Path(path), fps, sample_fps, size)
-    score = _score(greys, indices, rate, size, flow)
-    return {"fps": rate, "motion_score": score, "motion_bucket_id": motion_bucket(score, scale)}
+    return _measured(rate, _score(greys, indices, rate, size, flow), scale)

@@ -206,6 +206,19 @@ def read_frames(
     return np.stack([found[i] for i in indices])
 
 
+def sources_in(folder: str | os.PathLike) -> list[VideoSource]:
+    """Every video file (VIDEO_SUFFIXES) and every folder of frames in `folder`, by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VideoError(f"{str(folder)!r} is not a folder of videos")
+    entries = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in VIDEO_SUFFIXES or (p.is_dir() and _frame_files(p))
+    )
+    return [VideoSource(str(p)) for p in entries]
+
+
 def read_manifest(path: str | os.PathLike) -> list[VideoSource]:
     """The sources of a CSV (with a header) or JSONL manifest; relative paths are relative to the
     manifest's folder. Columns: path (required), fps, motion_bucket_id, motion_score, start, end,
@@ -356,16 +369,8 @@ class VideoClips(torch.utils.data.Dataset):
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, **options) -> VideoClips:
-        """Every video file (VIDEO_SUFFIXES) and every folder of frames in `folder`, by name."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise VideoError(f"{str(folder)!r} is not a folder of videos")
-        entries = sorted(
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in VIDEO_SUFFIXES or (p.is_dir() and _frame_files(p))
-        )
-        return cls([VideoSource(str(p)) for p in entries], **options)
+        """Every video file and every folder of frames in `folder` (`sources_in`)."""
+        return cls(sources_in(folder), **options)
 
     @classmethod
     def from_manifest(

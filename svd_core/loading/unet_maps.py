@@ -234,9 +234,10 @@ def _unet_entries(cfg: UNetConfig, layout: _Layout) -> dict[str, str]:
 
     # Decoder, deepest level first; the official file numbers its blocks 0, 1, ... in that order.
     k = 0
+    skips = skip_channels(cfg)  # by level: what each decoder block concatenates from the encoder
     for up, level in enumerate(reversed(range(len(levels)))):
         attention = level in cfg.attention_levels
-        consumed = skip_channels(cfg)[level]  # what each block concatenates from the encoder
+        consumed = skips[level]
         channels = levels[level + 1] if level < last else levels[last]
         for i, skip in enumerate(consumed):
             at = {"level": level, "up": up, "i": i, "k": k}
